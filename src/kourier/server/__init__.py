@@ -1,0 +1,1 @@
+"""The service wing: consume requests, run the ASGI app, publish replies."""

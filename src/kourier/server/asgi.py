@@ -1,0 +1,233 @@
+"""The ASGI bridge: one request envelope in -> an HTTP scope; the app's sends -> replies.
+
+This module knows ASGI and the wire envelopes, never the broker: replies leave through
+a ``ReplySink`` that the caller of ``run_app`` provides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import unquote
+
+from kourier.protocol import Reply, Request
+
+logger = logging.getLogger("kourier.server")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Publishes one reply record; returns once it is queued (the ack is awaited later).
+ReplySink = Callable[[Reply], Awaitable[None]]
+
+_HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"upgrade"})
+
+
+def build_scope(request: Request, service: str, state: dict[str, Any] | None) -> Scope:
+    path_raw = request.path
+    headers = [(n, v) for n, v in request.headers if n not in _HOP_BY_HOP]
+    if not any(name == b"host" for name, _ in headers):
+        headers.insert(0, (b"host", service.encode("ascii")))
+    scope: Scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": request.method,
+        "scheme": "http",
+        "path": unquote(path_raw),
+        "raw_path": path_raw.encode("utf-8"),
+        "query_string": request.query.encode("utf-8"),
+        "root_path": "",
+        "headers": headers,
+        "client": None,
+        "server": None,
+        "extensions": {
+            "kourier": {
+                "request_id": request.id,
+                "one_way": request.one_way,
+                "key": request.key,
+                "deadline_ms": request.deadline_ms,
+                "attempt": request.attempt,
+            }
+        },
+    }
+    if state is not None:
+        scope["state"] = dict(state)
+    return scope
+
+
+class Outcome:
+    """What became of one request: its status and, if the app failed, the error id."""
+
+    __slots__ = ("error", "error_id", "items", "status")
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.error_id: str | None = None
+        self.error: BaseException | None = None
+        self.items = 0
+
+
+def error_body(status: int, detail: str, error_id: str | None = None) -> bytes:
+    payload: dict[str, Any] = {"detail": detail}
+    if error_id is not None:
+        payload["error_id"] = error_id
+    return json.dumps(payload).encode()
+
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+async def run_app(
+    app: ASGIApp,
+    request: Request,
+    service: str,
+    sink: ReplySink,
+    *,
+    state: dict[str, Any] | None = None,
+    max_reply_bytes: int = 900_000,
+) -> Outcome:
+    """Run the app for one request; every reply record goes to ``sink`` in order."""
+    outcome = Outcome()
+    response_done = asyncio.Event()
+    body_sent = False
+    seq = 0
+    start: tuple[int, list[tuple[bytes, bytes]]] | None = None
+    held_error_body: bytes | None = None
+
+    async def emit(body: bytes, end: bool) -> None:
+        nonlocal seq
+        chunks = [body[i : i + max_reply_bytes] for i in range(0, len(body), max_reply_bytes)]
+        chunks = chunks or [b""]
+        for index, chunk in enumerate(chunks):
+            last = end and index == len(chunks) - 1
+            reply = Reply(request.id, seq, chunk, end=last)
+            if seq == 0 and start is not None:
+                reply.status, reply.headers = start
+            await sink(reply)
+            seq += 1
+            outcome.items += 1
+
+    async def receive() -> Message:
+        nonlocal body_sent
+        if not body_sent:
+            body_sent = True
+            return {"type": "http.request", "body": request.body, "more_body": False}
+        await response_done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        nonlocal start, held_error_body
+        kind = message["type"]
+        if response_done.is_set():
+            raise RuntimeError(f"ASGI message {kind!r} sent after the response completed")
+        if kind == "http.response.start":
+            if start is not None:
+                raise RuntimeError("http.response.start sent twice")
+            status = int(message["status"])
+            headers = [
+                (bytes(n).lower(), bytes(v))
+                for n, v in message.get("headers", [])
+                if bytes(n).lower() not in _HOP_BY_HOP
+            ]
+            start = (status, headers)
+            outcome.status = status
+        elif kind == "http.response.body":
+            if start is None:
+                raise RuntimeError("http.response.body sent before http.response.start")
+            body = bytes(message.get("body", b""))
+            more = bool(message.get("more_body", False))
+            if not more:
+                if seq == 0 and start[0] >= 500:
+                    # Frameworks (Starlette's error middleware) send their 500 and then
+                    # raise: hold it until the app returns so the error id can go with it.
+                    held_error_body = body
+                else:
+                    await emit(body, end=True)
+                response_done.set()
+            elif body:
+                # An empty chunk with more to come carries nothing worth a record.
+                await emit(body, end=False)
+        # Other messages (e.g. http.response.trailers, pathsend) are not part of v1.
+
+    scope = build_scope(request, service, state)
+    try:
+        await app(scope, receive, send)
+    except Exception as exc:
+        outcome.error = exc
+        outcome.error_id = uuid.uuid4().hex[:16]
+        logger.exception(
+            "handler failed: request_id=%s error_id=%s %s %s",
+            request.id,
+            outcome.error_id,
+            request.method,
+            request.path,
+        )
+        if held_error_body is not None and start is not None:
+            status, headers = start
+            await sink(
+                Reply(
+                    request.id,
+                    0,
+                    held_error_body,
+                    status=status,
+                    headers=[*headers, (b"x-error-id", outcome.error_id.encode())],
+                    error_id=outcome.error_id,
+                )
+            )
+            outcome.items += 1
+        elif start is None:
+            outcome.status = 500
+            reply = Reply(
+                request.id,
+                0,
+                error_body(500, "Internal Server Error", outcome.error_id),
+                end=True,
+                status=500,
+                headers=[*JSON_HEADERS, (b"x-error-id", outcome.error_id.encode())],
+                error_id=outcome.error_id,
+            )
+            await sink(reply)
+            outcome.items += 1
+        elif not response_done.is_set():
+            # The status is already out: end the stream with the error id so the caller
+            # knows it is broken rather than complete.
+            end = Reply(request.id, seq, b"", end=True, error_id=outcome.error_id)
+            if seq == 0:
+                end.status, end.headers = start
+            await sink(end)
+            outcome.items += 1
+        response_done.set()
+        return outcome
+    if start is None:
+        outcome.status = 500
+        outcome.error_id = uuid.uuid4().hex[:16]
+        logger.error(
+            "app returned without a response: request_id=%s error_id=%s",
+            request.id,
+            outcome.error_id,
+        )
+        await sink(
+            Reply(
+                request.id,
+                0,
+                error_body(500, "Internal Server Error", outcome.error_id),
+                status=500,
+                headers=[*JSON_HEADERS, (b"x-error-id", outcome.error_id.encode())],
+                error_id=outcome.error_id,
+            )
+        )
+        outcome.items += 1
+    elif held_error_body is not None:
+        await emit(held_error_body, end=True)
+    elif not response_done.is_set():
+        await emit(b"", end=True)
+    response_done.set()
+    return outcome

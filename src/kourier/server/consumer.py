@@ -1,0 +1,258 @@
+"""Fetch requests, run them with bounded concurrency, keep per-key order, commit what is done.
+
+The rules this module keeps (docs/reliability.md lists the tests behind them):
+- at most ``concurrency`` records are held (running or waiting for their key) at once;
+  past that nothing more is fetched;
+- records with the same key run one after another in offset order; records without a
+  key, or with different keys, run concurrently;
+- a partition's committed offset only ever moves past records whose handler finished:
+  the commit is the lowest offset still in progress (so a crash means redelivery,
+  never a skip);
+- on revocation and on stop, running handlers get up to ``drain_timeout`` to finish,
+  then what is done is committed.
+
+It must never let a handler's exception escape into the fetch loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+
+from kourier.errors import BrokerError
+from kourier.transports.base import GroupConsumer, Record, TopicPartition, Transport
+
+logger = logging.getLogger("kourier.server")
+
+Handler = Callable[[Record], Awaitable[None]]
+
+
+class _Progress:
+    """Offsets of one partition in fetch order; the done prefix is committable."""
+
+    __slots__ = ("committable", "committed", "done", "pending")
+
+    def __init__(self) -> None:
+        self.pending: deque[int] = deque()
+        self.done: set[int] = set()
+        self.committable: int | None = None
+        self.committed: int | None = None
+
+    def add(self, offset: int) -> None:
+        self.pending.append(offset)
+
+    def finish(self, offset: int) -> None:
+        self.done.add(offset)
+        while self.pending and self.pending[0] in self.done:
+            first = self.pending.popleft()
+            self.done.discard(first)
+            self.committable = first + 1
+
+    def to_commit(self) -> int | None:
+        if self.committable is not None and self.committable != self.committed:
+            return self.committable
+        return None
+
+
+class RequestConsumer:
+    """The consume loop of one service instance."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        topics: Sequence[str],
+        group: str,
+        handler: Handler,
+        *,
+        concurrency: int,
+        commit_interval: float,
+        drain_timeout: float,
+    ) -> None:
+        self._handler = handler
+        self._concurrency = concurrency
+        self._commit_interval = commit_interval
+        self._drain_timeout = drain_timeout
+        self._consumer: GroupConsumer = transport.group_consumer(
+            topics, group, on_assigned=self._on_assigned, on_revoked=self._on_revoked
+        )
+        self._progress: dict[TopicPartition, _Progress] = {}
+        self._running: dict[TopicPartition, set[asyncio.Task[None]]] = {}
+        self._key_queues: dict[tuple[TopicPartition, bytes], deque[Record]] = {}
+        self._held = 0
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._commit_task: asyncio.Task[None] | None = None
+        #: Monotonic time of the last fetch that returned, for liveness checks.
+        self.last_progress = time.monotonic()
+        self.assigned: set[TopicPartition] = set()
+        self.fetched = 0
+        self.completed = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self._held
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        self._loop_task = asyncio.create_task(self._fetch_loop(), name="kourier-fetch")
+        self._commit_task = asyncio.create_task(self._commit_loop(), name="kourier-commit")
+
+    async def stop(self) -> None:
+        """Stop fetching, let running handlers finish (bounded), commit, leave the group."""
+        self._stopping.set()
+        self._slot_freed.set()
+        for task in (self._loop_task, self._commit_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self._drain(set(self._progress))
+        await self._commit()
+        await self._consumer.stop()
+
+    # -- fetching ----------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        while not self._stopping.is_set():
+            free = self._concurrency - self._held
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            try:
+                records = await self._consumer.fetch(free, timeout=0.5)
+            except BrokerError as exc:
+                logger.warning("fetch failed, retrying: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            self.last_progress = time.monotonic()
+            for record in records:
+                self._accept(record)
+
+    def _accept(self, record: Record) -> None:
+        tp = (record.topic, record.partition)
+        progress = self._progress.get(tp)
+        if progress is None:  # a record of a partition we no longer own
+            return
+        progress.add(record.offset)
+        self._held += 1
+        self.fetched += 1
+        if record.key is not None:
+            chain = (tp, record.key)
+            queue = self._key_queues.get(chain)
+            if queue is not None:
+                queue.append(record)
+                return
+            self._key_queues[chain] = deque()
+        self._launch(tp, record)
+
+    def _launch(self, tp: TopicPartition, record: Record) -> None:
+        task = asyncio.create_task(self._run(tp, record))
+        self._running.setdefault(tp, set()).add(task)
+
+    async def _run(self, tp: TopicPartition, record: Record) -> None:
+        try:
+            await self._handler(record)
+        except Exception:
+            logger.exception("request handling failed at %s", record.where)
+        finally:
+            self._finish(tp, record)
+
+    def _finish(self, tp: TopicPartition, record: Record) -> None:
+        current = asyncio.current_task()
+        running = self._running.get(tp)
+        if running is not None and current is not None:
+            running.discard(current)
+        self._held -= 1
+        self.completed += 1
+        self._slot_freed.set()
+        progress = self._progress.get(tp)
+        if progress is not None:
+            progress.finish(record.offset)
+        if record.key is None:
+            return
+        chain = (tp, record.key)
+        queue = self._key_queues.get(chain)
+        if queue:
+            nxt = queue.popleft()
+            if progress is not None:
+                self._launch(tp, nxt)
+            else:
+                self._held -= 1  # partition revoked: drop; it will be redelivered
+        else:
+            self._key_queues.pop(chain, None)
+
+    # -- committing --------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._commit_interval)
+            await self._commit()
+
+    async def _commit(self, only: set[TopicPartition] | None = None) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for tp, progress in self._progress.items():
+            if only is not None and tp not in only:
+                continue
+            offset = progress.to_commit()
+            if offset is not None:
+                offsets[tp] = offset
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except BrokerError as exc:
+            logger.warning("commit failed (the records will be redelivered): %s", exc)
+            return
+        for tp, offset in offsets.items():
+            if tp in self._progress:
+                self._progress[tp].committed = offset
+
+    # -- rebalancing -------------------------------------------------------------------
+
+    async def _on_assigned(self, partitions: set[TopicPartition]) -> None:
+        for tp in partitions:
+            self._progress.setdefault(tp, _Progress())
+        self.assigned |= partitions
+        logger.info("partitions assigned: %s", _names(partitions))
+
+    async def _on_revoked(self, partitions: set[TopicPartition]) -> None:
+        logger.info("partitions revoked: %s", _names(partitions))
+        await self._drain(partitions)
+        await self._commit(partitions)
+        for tp in partitions:
+            self._progress.pop(tp, None)
+            self._running.pop(tp, None)
+            for chain in [c for c in self._key_queues if c[0] == tp]:
+                self._held -= len(self._key_queues.pop(chain))
+        self.assigned -= partitions
+        self._slot_freed.set()
+
+    async def _drain(self, partitions: set[TopicPartition]) -> None:
+        tasks = [t for tp in partitions for t in self._running.get(tp, ())]
+        deadline = time.monotonic() + self._drain_timeout
+        # Keyed records queued behind running ones start as those finish: wait for them
+        # too, as long as the deadline allows.
+        while tasks:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            await asyncio.wait(tasks, timeout=left)
+            tasks = [t for tp in partitions for t in self._running.get(tp, ()) if not t.done()]
+        if tasks:
+            logger.warning(
+                "%d handlers still running after the drain timeout; their records will be "
+                "redelivered",
+                len(tasks),
+            )
+            for task in tasks:
+                task.cancel()
+
+
+def _names(partitions: set[TopicPartition]) -> str:
+    return ", ".join(f"{t}[{p}]" for t, p in sorted(partitions)) or "none"

@@ -1,0 +1,1 @@
+"""Broker transports: the contract (base), Kafka, and in-memory."""

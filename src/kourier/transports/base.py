@@ -1,0 +1,139 @@
+"""The broker contract: the few operations kourier needs from Kafka.
+
+Everything above this module (server, client) talks to a ``Transport``; only
+``transports/kafka.py`` imports a Kafka client. ``transports/memory.py`` implements the
+same contract in process, and must never do something Kafka cannot: topics must exist
+before use, records have a size limit, a group's partitions are shared among its
+members, and only committed offsets survive a member leaving.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+
+TopicPartition = tuple[str, int]
+RebalanceCallback = Callable[[set[TopicPartition]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A record as a consumer sees it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+    timestamp_ms: int
+
+    @property
+    def where(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication_factor: int = 1
+    config: Mapping[str, str] | None = None
+
+
+class GroupConsumer(ABC):
+    """A member of a consumer group: fetches records of its assigned partitions.
+
+    ``on_assigned`` and ``on_revoked`` run inside ``fetch`` (as Kafka runs them inside
+    poll), before any record of the new assignment is returned. Offsets given to
+    ``commit`` are the next offset to read, as in Kafka.
+    """
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Leave the group. Uncommitted work will be redelivered to another member."""
+
+    @abstractmethod
+    async def fetch(self, max_records: int, timeout: float) -> list[Record]: ...
+
+    @abstractmethod
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
+
+    @abstractmethod
+    def assignment(self) -> set[TopicPartition]: ...
+
+    @abstractmethod
+    def pause(self, partitions: Collection[TopicPartition]) -> None: ...
+
+    @abstractmethod
+    def resume(self, partitions: Collection[TopicPartition]) -> None: ...
+
+
+class PartitionReader(ABC):
+    """Reads one partition from its end at ``start`` on, without a group (reply inboxes)."""
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Position at the partition's current end; records published after this are read."""
+
+    @abstractmethod
+    async def stop(self) -> None: ...
+
+    @abstractmethod
+    async def fetch(self, timeout: float) -> list[Record]: ...
+
+
+class Transport(ABC):
+    """A connection to a broker: publish records, create topics, make consumers."""
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    @abstractmethod
+    async def stop(self) -> None: ...
+
+    @abstractmethod
+    async def publish(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        partition: int | None = None,
+    ) -> Awaitable[None]:
+        """Queue a record; the returned awaitable resolves when the broker acknowledged it.
+
+        Awaiting ``publish`` itself may wait for buffer space (back-pressure). Records
+        published to one partition are acknowledged and stored in call order.
+        Raises ``PublishError`` (now or from the awaitable) if the record is refused.
+        """
+
+    @abstractmethod
+    async def ensure_topics(self, topics: Sequence[TopicSpec]) -> None:
+        """Create the topics that do not exist yet; existing ones are left as they are."""
+
+    @abstractmethod
+    async def partition_count(self, topic: str) -> int:
+        """How many partitions a topic has; ``BrokerError`` if it does not exist."""
+
+    @abstractmethod
+    def group_consumer(
+        self,
+        topics: Sequence[str],
+        group: str,
+        *,
+        on_assigned: RebalanceCallback | None = None,
+        on_revoked: RebalanceCallback | None = None,
+    ) -> GroupConsumer: ...
+
+    @abstractmethod
+    def partition_reader(self, topic: str, partition: int) -> PartitionReader: ...
+
+    @abstractmethod
+    async def ping(self, timeout: float) -> bool:
+        """True if the broker answered a metadata request within ``timeout`` seconds."""

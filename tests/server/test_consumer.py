@@ -1,0 +1,198 @@
+"""The consume loop's rules: bounded work, per-key order, commit only what is done."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+from kourier.server.consumer import RequestConsumer, _Progress
+from kourier.transports.base import Record, TopicSpec
+from kourier.transports.memory import MemoryBroker, MemoryTransport
+
+TOPIC = "work"
+GROUP = "workers"
+
+
+async def _setup(partitions: int = 2) -> tuple[MemoryBroker, MemoryTransport]:
+    broker = MemoryBroker()
+    transport = MemoryTransport(broker)
+    await transport.ensure_topics([TopicSpec(TOPIC, partitions)])
+    return broker, transport
+
+
+def _consumer(
+    transport: MemoryTransport, handler: object, concurrency: int = 8
+) -> RequestConsumer:
+    return RequestConsumer(
+        transport,
+        [TOPIC],
+        GROUP,
+        handler,  # type: ignore[arg-type]
+        concurrency=concurrency,
+        commit_interval=0.01,
+        drain_timeout=2.0,
+    )
+
+
+async def _eventually(check: object, timeout: float = 3.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():  # type: ignore[operator]
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+def test_progress_commits_only_the_done_prefix() -> None:
+    """A finished offset after an unfinished one is not committable yet."""
+    progress = _Progress()
+    for offset in (5, 6, 7, 9):  # offsets may have gaps
+        progress.add(offset)
+    progress.finish(6)
+    assert progress.to_commit() is None
+    progress.finish(5)
+    assert progress.to_commit() == 7
+    progress.finish(9)
+    progress.finish(7)
+    assert progress.to_commit() == 10
+
+
+async def test_records_with_one_key_run_in_order_while_other_keys_overlap() -> None:
+    """Same-key records never overlap and keep offset order; other keys run alongside."""
+    _, transport = await _setup(partitions=1)
+    active: dict[bytes, int] = defaultdict(int)
+    overlap_same_key = 0
+    max_parallel = 0
+    running = 0
+    seen: dict[bytes, list[int]] = defaultdict(list)
+
+    async def handler(record: Record) -> None:
+        nonlocal overlap_same_key, max_parallel, running
+        assert record.key is not None
+        active[record.key] += 1
+        running += 1
+        max_parallel = max(max_parallel, running)
+        if active[record.key] > 1:
+            overlap_same_key += 1
+        await asyncio.sleep(0.005)
+        seen[record.key].append(int(record.value or b"0"))
+        active[record.key] -= 1
+        running -= 1
+
+    for i in range(60):
+        key = f"k{i % 4}".encode()
+        await transport.publish(TOPIC, str(i).encode(), key=key)
+    consumer = _consumer(transport, handler, concurrency=16)
+    await consumer.start()
+    await _eventually(lambda: consumer.completed == 60)
+    await consumer.stop()
+    assert overlap_same_key == 0
+    assert max_parallel > 1
+    for key, values in seen.items():
+        assert values == sorted(values), key
+
+
+async def test_no_more_than_the_bound_is_held_at_once() -> None:
+    """With concurrency 5 and a backlog of 50, at most 5 handlers ever run together."""
+    _, transport = await _setup()
+    running = 0
+    peak = 0
+    release = asyncio.Event()
+
+    async def handler(record: Record) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await release.wait()
+        running -= 1
+
+    for i in range(50):
+        await transport.publish(TOPIC, str(i).encode())
+    consumer = _consumer(transport, handler, concurrency=5)
+    await consumer.start()
+    await _eventually(lambda: running == 5)
+    await asyncio.sleep(0.1)
+    assert consumer.in_flight == 5
+    release.set()
+    await _eventually(lambda: consumer.completed == 50)
+    await consumer.stop()
+    assert peak == 5
+
+
+async def test_a_stuck_record_holds_back_the_commit_and_is_redelivered() -> None:
+    """If one handler never finishes, later done records are not committed past it."""
+    broker, transport = await _setup(partitions=1)
+    for i in range(5):
+        await transport.publish(TOPIC, str(i).encode())
+
+    async def handler(record: Record) -> None:
+        if record.value == b"2":
+            await asyncio.sleep(60)
+
+    consumer = RequestConsumer(
+        transport, [TOPIC], GROUP, handler,
+        concurrency=8, commit_interval=0.01, drain_timeout=0.2,
+    )
+    await consumer.start()
+    await _eventually(lambda: consumer.completed == 4)
+    await asyncio.sleep(0.05)
+    assert broker.committed(GROUP) == {(TOPIC, 0): 2}
+    await consumer.stop()  # the stuck handler is cancelled after the drain timeout
+    assert broker.committed(GROUP) == {(TOPIC, 0): 2}
+
+    again: list[bytes] = []
+
+    async def record_all(record: Record) -> None:
+        again.append(record.value or b"")
+
+    second = _consumer(transport, record_all)
+    await second.start()
+    await _eventually(lambda: len(again) == 3)
+    await second.stop()
+    assert again == [b"2", b"3", b"4"]
+
+
+async def test_a_handler_exception_does_not_stop_the_loop() -> None:
+    """An exception escaping the handler is logged; the record counts as done."""
+    broker, transport = await _setup(partitions=1)
+
+    async def handler(record: Record) -> None:
+        if record.value == b"0":
+            raise RuntimeError("boom")
+
+    for i in range(3):
+        await transport.publish(TOPIC, str(i).encode())
+    consumer = _consumer(transport, handler)
+    await consumer.start()
+    await _eventually(lambda: consumer.completed == 3)
+    await consumer.stop()
+    assert broker.committed(GROUP) == {(TOPIC, 0): 3}
+
+
+async def test_partitions_move_to_a_new_member_after_their_work_is_committed() -> None:
+    """When a second instance joins, the first finishes and commits before handing over."""
+    broker, transport = await _setup(partitions=4)
+    handled: list[tuple[str, bytes]] = []
+
+    def handler_for(name: str) -> object:
+        async def handler(record: Record) -> None:
+            await asyncio.sleep(0.001)
+            handled.append((name, record.value or b""))
+
+        return handler
+
+    first = _consumer(transport, handler_for("a"))
+    await first.start()
+    for i in range(40):
+        await transport.publish(TOPIC, str(i).encode())
+    await _eventually(lambda: len(handled) >= 10)
+    second = _consumer(transport, handler_for("b"))
+    await second.start()
+    for i in range(40, 80):
+        await transport.publish(TOPIC, str(i).encode())
+    await _eventually(lambda: len({v for _, v in handled}) == 80)
+    await asyncio.sleep(0.1)
+    await first.stop()
+    await second.stop()
+    assert len(handled) == 80, "nothing handled twice without a crash"
+    assert {n for n, _ in handled} == {"a", "b"}
+    assert sum(broker.committed(GROUP).values()) == 80

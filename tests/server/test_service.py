@@ -1,0 +1,237 @@
+"""A service on the in-memory broker, driven with raw wire records (no client wing)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from kourier import protocol
+from kourier.protocol import Reply, ReplyAddress, Request
+from kourier.server.serve import H_DEAD_REASON, H_DEAD_SOURCE, Service
+from kourier.settings import Settings
+from kourier.transports.base import PartitionReader, TopicSpec
+from kourier.transports.memory import MemoryBroker, MemoryTransport
+from tests import apps
+
+SETTINGS = Settings(commit_interval=0.01, max_reply_bytes=1000, max_request_bytes=5000)
+REPLY_TO = ReplyAddress(SETTINGS.reply_topic, 0)
+
+
+class Wire:
+    """Publishes raw request records and reads the replies, as a caller would."""
+
+    def __init__(self, transport: MemoryTransport, reader: PartitionReader) -> None:
+        self.transport = transport
+        self.reader = reader
+        self._seen: dict[str, list[Reply]] = {}
+
+    async def call(self, method: str, target: str, **fields: object) -> Request:
+        request = Request(protocol.new_request_id(), method, target, reply_to=REPLY_TO)
+        for name, value in fields.items():
+            setattr(request, name, value)
+        key, value, headers = protocol.encode_request(request)
+        await self.transport.publish(
+            SETTINGS.request_topic("orders"), value, key=key, headers=headers
+        )
+        return request
+
+    async def replies(self, request_id: str, timeout: float = 3.0) -> list[Reply]:
+        out = self._seen.setdefault(request_id, [])
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not out or not out[-1].end:
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"no complete reply, got {out}")
+            for record in await self.reader.fetch(0.1):
+                reply = protocol.decode_reply(record.value, record.headers)
+                self._seen.setdefault(reply.request_id, []).append(reply)
+        return out
+
+
+@pytest.fixture
+async def wire() -> AsyncIterator[tuple[Wire, Service]]:
+    broker = MemoryBroker()
+    transport = MemoryTransport(broker)
+    await transport.ensure_topics([TopicSpec(SETTINGS.reply_topic, 1)])
+    reader = transport.partition_reader(SETTINGS.reply_topic, 0)
+    await reader.start()
+    service = Service(apps.app, "orders", SETTINGS, transport=MemoryTransport(broker))
+    await service.start()
+    yield Wire(transport, reader), service
+    await service.stop()
+
+
+async def test_a_request_reaches_the_route_with_path_query_headers_and_state(
+    wire: tuple[Wire, Service],
+) -> None:
+    """Path parameters, query, headers and lifespan state reach the handler as over HTTP."""
+    w, _ = wire
+    request = await w.call("GET", "/hello/a%20b?q=1&r=x", headers=[(b"x-test", b"yes")])
+    [reply] = await w.replies(request.id)
+    assert reply.status == 200 and reply.end
+    assert json.loads(reply.body) == {
+        "hello": "a b",
+        "greeting": "hello",
+        "query": {"q": "1", "r": "x"},
+        "x-test": "yes",
+        "host": "orders",
+    }
+
+
+async def test_validation_errors_and_unknown_routes_mean_what_they_mean_in_http(
+    wire: tuple[Wire, Service],
+) -> None:
+    """A bad body gives FastAPI's 422 and an unknown path its 404."""
+    w, _ = wire
+    bad = await w.call("POST", "/orders", body=b'{"quantity": "x"}',
+                       headers=[(b"content-type", b"application/json")])
+    missing = await w.call("GET", "/nowhere")
+    assert (await w.replies(bad.id))[0].status == 422
+    assert (await w.replies(missing.id))[0].status == 404
+
+
+async def test_a_streamed_response_becomes_ordered_items_with_an_end_marker(
+    wire: tuple[Wire, Service],
+) -> None:
+    """Each chunk is one item; item 0 has the status; the last item ends the stream."""
+    w, _ = wire
+    request = await w.call("GET", "/items?n=4")
+    replies = await w.replies(request.id)
+    assert [r.seq for r in replies] == [0, 1, 2, 3, 4]
+    assert replies[0].status == 200
+    assert (b"content-type", b"application/x-ndjson") in replies[0].headers
+    assert [json.loads(r.body) for r in replies[:4]] == [{"i": i} for i in range(4)]
+    assert replies[-1].end and replies[-1].body == b""
+    assert not any(r.end for r in replies[:-1])
+
+
+async def test_a_big_body_is_split_into_items(wire: tuple[Wire, Service]) -> None:
+    """A body over max_reply_bytes arrives in several items that add up to it."""
+    w, _ = wire
+    request = await w.call("GET", "/big?size=2500")
+    replies = await w.replies(request.id)
+    assert len(replies) >= 3
+    assert all(len(r.body) <= SETTINGS.max_reply_bytes for r in replies)
+    assert b"".join(r.body for r in replies) == b"x" * 2500
+
+
+async def test_an_exception_gives_500_with_an_error_id_that_is_logged(
+    wire: tuple[Wire, Service], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The caller gets 500 and an error id; the same id is in the service's log."""
+    w, service = wire
+    request = await w.call("GET", "/boom")
+    [reply] = await w.replies(request.id)
+    assert reply.status == 500
+    assert reply.error_id
+    assert (b"x-error-id", reply.error_id.encode()) in reply.headers
+    assert any(reply.error_id in r.getMessage() for r in caplog.records)
+    assert service.stats.failed == 1
+
+
+async def test_an_exception_mid_stream_ends_the_stream_with_an_error_id(
+    wire: tuple[Wire, Service],
+) -> None:
+    """Once items are out, a failure ends the reply with an error id, not a clean end."""
+    w, _ = wire
+    request = await w.call("GET", "/broken-stream")
+    replies = await w.replies(request.id)
+    assert replies[0].body == b"first\n"
+    assert replies[-1].end and replies[-1].error_id
+
+
+async def test_one_way_messages_run_the_handler_and_publish_nothing(
+    wire: tuple[Wire, Service],
+) -> None:
+    """A message without reply-to is handled and never answered."""
+    w, service = wire
+    apps.events.clear()
+    await w.call("POST", "/events", reply_to=None, body=b'{"kind": "ping"}',
+                 headers=[(b"content-type", b"application/json")])
+    for _ in range(100):
+        if apps.events:
+            break
+        await asyncio.sleep(0.01)
+    assert apps.events == [{"kind": "ping"}]
+    assert await w.reader.fetch(0.1) == []
+    assert service.stats.one_way == 1
+
+
+async def test_a_request_past_its_deadline_is_skipped(wire: tuple[Wire, Service]) -> None:
+    """The service does not run work whose caller has given up, and says nothing."""
+    w, service = wire
+    apps.events.clear()
+    await w.call("POST", "/events", deadline_ms=protocol.now_ms() - 1, body=b"{}",
+                 headers=[(b"content-type", b"application/json")])
+    live = await w.call("GET", "/hello/x")
+    replies = await w.replies(live.id)
+    assert replies[0].status == 200
+    assert apps.events == []
+    assert service.stats.expired == 1
+
+
+async def test_an_oversized_request_gets_413_without_running_the_app(
+    wire: tuple[Wire, Service],
+) -> None:
+    """A body over max_request_bytes is answered 413; the handler never sees it."""
+    w, service = wire
+    request = await w.call("POST", "/echo", body=b"x" * 6000)
+    [reply] = await w.replies(request.id)
+    assert reply.status == 413
+    assert service.stats.handled == 0
+
+
+async def test_a_malformed_record_is_dead_lettered_answered_and_survived(
+    wire: tuple[Wire, Service],
+) -> None:
+    """A broken record goes to the dead-letter topic, gets a 400, and the next one works."""
+    w, service = wire
+    topic = SETTINGS.request_topic("orders")
+    await w.transport.publish(topic, b"junk", headers=[("kourier-v", b"1")])
+    bad_id = protocol.new_request_id()
+    await w.transport.publish(
+        topic,
+        b"",
+        headers=[
+            ("kourier-v", b"1"),
+            ("kourier-type", b"request"),
+            ("kourier-id", bad_id.encode()),
+            ("kourier-reply-to", REPLY_TO.encode()),
+            ("kourier-method", b"GET"),
+            ("kourier-target", b"no-leading-slash"),
+        ],
+    )
+    [reply] = await w.replies(bad_id)
+    assert reply.status == 400
+    assert b"origin-form" in reply.body
+    good = await w.call("GET", "/hello/after")
+    assert (await w.replies(good.id))[0].status == 200
+    dead = w.transport.broker.topics[SETTINGS.dead_letter_topic("orders")]
+    letters = [r for partition in dead for r in partition]
+    assert len(letters) == 2
+    reasons = {dict(r.headers)[H_DEAD_REASON] for r in letters}
+    assert any(b"missing kourier-type" in reason for reason in reasons)
+    assert all(dict(r.headers)[H_DEAD_SOURCE].startswith(topic.encode()) for r in letters)
+    assert service.stats.malformed == 2
+
+
+async def test_lifespan_runs_at_start_and_stop() -> None:
+    """Startup runs before the first request; shutdown when the service stops."""
+    apps.lifespan_log.clear()
+    service = Service(apps.app, "orders", SETTINGS, transport=MemoryTransport())
+    await service.start()
+    assert apps.lifespan_log == ["startup"]
+    await service.stop()
+    assert apps.lifespan_log == ["startup", "shutdown"]
+
+
+async def test_an_app_without_lifespan_support_is_still_served() -> None:
+    """A bare ASGI app that raises on the lifespan scope is served without it."""
+
+    async def bare(scope: dict[str, object], receive: object, send: object) -> None:
+        assert scope["type"] == "http"
+
+    async with Service(bare, "bare", SETTINGS, transport=MemoryTransport()) as service:  # type: ignore[arg-type]
+        assert service.ready.is_set()
