@@ -93,3 +93,25 @@ async def slow(seconds: float) -> dict[str, float]:
 async def event(request: Request) -> dict[str, str]:
     events.append(await request.json())
     return {"status": "accepted"}
+
+
+failures: dict[str, int] = {}
+
+
+@app.post("/flaky/{name}", status_code=202)
+async def flaky(name: str, fail_times: int = 0) -> dict[str, int]:
+    """Fails (500) the first ``fail_times`` calls for ``name``, then succeeds."""
+    failures[name] = failures.get(name, 0) + 1
+    if failures[name] <= fail_times:
+        raise RuntimeError(f"{name} failure {failures[name]}")
+    return {"calls": failures[name]}
+
+
+counter = {"n": 0}
+
+
+@app.post("/count")
+async def count() -> dict[str, int]:
+    counter["n"] += 1
+    await asyncio.sleep(0.05)
+    return {"n": counter["n"]}

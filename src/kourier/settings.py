@@ -78,6 +78,15 @@ class Settings:
     commit_interval: float = 0.2
     #: Seconds a stopping service waits for in-flight handlers.
     drain_timeout: float = 30.0
+    #: Attempts at a one-way request whose handler fails (5xx or an exception), the
+    #: first included; after the last, the message goes to the dead-letter topic.
+    retry_attempts: int = 3
+    #: Seconds before the first retry; doubled each time, up to ``retry_backoff_max``.
+    retry_backoff: float = 0.2
+    retry_backoff_max: float = 5.0
+    #: Seconds a handled request's response is kept to answer a repeat of it
+    #: (same ``Idempotency-Key`` header or request id); 0 turns this off.
+    idempotency_window: float = 300.0
     #: Create missing topics at start (needs the right to create topics).
     create_topics: bool = True
     security_protocol: str = "PLAINTEXT"
@@ -111,12 +120,24 @@ class Settings:
             "concurrency",
             "max_request_bytes",
             "max_reply_bytes",
+            "retry_attempts",
         )
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SettingsError(f"{name}: must be a whole number >= 1, got {value!r}")
-        for name in ("default_timeout", "commit_interval", "drain_timeout"):
+        if not isinstance(self.idempotency_window, int | float) or self.idempotency_window < 0:
+            raise SettingsError(
+                f"idempotency_window: must be a number of seconds >= 0, "
+                f"got {self.idempotency_window!r}"
+            )
+        for name in (
+            "default_timeout",
+            "commit_interval",
+            "drain_timeout",
+            "retry_backoff",
+            "retry_backoff_max",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or value <= 0:
                 raise SettingsError(f"{name}: must be a number of seconds > 0, got {value!r}")

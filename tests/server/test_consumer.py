@@ -20,9 +20,7 @@ async def _setup(partitions: int = 2) -> tuple[MemoryBroker, MemoryTransport]:
     return broker, transport
 
 
-def _consumer(
-    transport: MemoryTransport, handler: object, concurrency: int = 8
-) -> RequestConsumer:
+def _consumer(transport: MemoryTransport, handler: object, concurrency: int = 8) -> RequestConsumer:
     return RequestConsumer(
         transport,
         [TOPIC],
@@ -129,8 +127,13 @@ async def test_a_stuck_record_holds_back_the_commit_and_is_redelivered() -> None
             await asyncio.sleep(60)
 
     consumer = RequestConsumer(
-        transport, [TOPIC], GROUP, handler,
-        concurrency=8, commit_interval=0.01, drain_timeout=0.2,
+        transport,
+        [TOPIC],
+        GROUP,
+        handler,
+        concurrency=8,
+        commit_interval=0.01,
+        drain_timeout=0.2,
     )
     await consumer.start()
     await _eventually(lambda: consumer.completed == 4)

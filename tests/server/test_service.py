@@ -4,63 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 
 from kourier import protocol
-from kourier.protocol import Reply, ReplyAddress, Request
 from kourier.server.serve import H_DEAD_REASON, H_DEAD_SOURCE, Service
-from kourier.settings import Settings
-from kourier.transports.base import PartitionReader, TopicSpec
-from kourier.transports.memory import MemoryBroker, MemoryTransport
+from kourier.transports.memory import MemoryTransport
 from tests import apps
-
-SETTINGS = Settings(commit_interval=0.01, max_reply_bytes=1000, max_request_bytes=5000)
-REPLY_TO = ReplyAddress(SETTINGS.reply_topic, 0)
-
-
-class Wire:
-    """Publishes raw request records and reads the replies, as a caller would."""
-
-    def __init__(self, transport: MemoryTransport, reader: PartitionReader) -> None:
-        self.transport = transport
-        self.reader = reader
-        self._seen: dict[str, list[Reply]] = {}
-
-    async def call(self, method: str, target: str, **fields: object) -> Request:
-        request = Request(protocol.new_request_id(), method, target, reply_to=REPLY_TO)
-        for name, value in fields.items():
-            setattr(request, name, value)
-        key, value, headers = protocol.encode_request(request)
-        await self.transport.publish(
-            SETTINGS.request_topic("orders"), value, key=key, headers=headers
-        )
-        return request
-
-    async def replies(self, request_id: str, timeout: float = 3.0) -> list[Reply]:
-        out = self._seen.setdefault(request_id, [])
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not out or not out[-1].end:
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"no complete reply, got {out}")
-            for record in await self.reader.fetch(0.1):
-                reply = protocol.decode_reply(record.value, record.headers)
-                self._seen.setdefault(reply.request_id, []).append(reply)
-        return out
-
-
-@pytest.fixture
-async def wire() -> AsyncIterator[tuple[Wire, Service]]:
-    broker = MemoryBroker()
-    transport = MemoryTransport(broker)
-    await transport.ensure_topics([TopicSpec(SETTINGS.reply_topic, 1)])
-    reader = transport.partition_reader(SETTINGS.reply_topic, 0)
-    await reader.start()
-    service = Service(apps.app, "orders", SETTINGS, transport=MemoryTransport(broker))
-    await service.start()
-    yield Wire(transport, reader), service
-    await service.stop()
+from tests.server.conftest import REPLY_TO, SETTINGS, Wire
 
 
 async def test_a_request_reaches_the_route_with_path_query_headers_and_state(
@@ -85,8 +36,12 @@ async def test_validation_errors_and_unknown_routes_mean_what_they_mean_in_http(
 ) -> None:
     """A bad body gives FastAPI's 422 and an unknown path its 404."""
     w, _ = wire
-    bad = await w.call("POST", "/orders", body=b'{"quantity": "x"}',
-                       headers=[(b"content-type", b"application/json")])
+    bad = await w.call(
+        "POST",
+        "/orders",
+        body=b'{"quantity": "x"}',
+        headers=[(b"content-type", b"application/json")],
+    )
     missing = await w.call("GET", "/nowhere")
     assert (await w.replies(bad.id))[0].status == 422
     assert (await w.replies(missing.id))[0].status == 404
@@ -148,8 +103,13 @@ async def test_one_way_messages_run_the_handler_and_publish_nothing(
     """A message without reply-to is handled and never answered."""
     w, service = wire
     apps.events.clear()
-    await w.call("POST", "/events", reply_to=None, body=b'{"kind": "ping"}',
-                 headers=[(b"content-type", b"application/json")])
+    await w.call(
+        "POST",
+        "/events",
+        reply_to=None,
+        body=b'{"kind": "ping"}',
+        headers=[(b"content-type", b"application/json")],
+    )
     for _ in range(100):
         if apps.events:
             break
@@ -163,8 +123,13 @@ async def test_a_request_past_its_deadline_is_skipped(wire: tuple[Wire, Service]
     """The service does not run work whose caller has given up, and says nothing."""
     w, service = wire
     apps.events.clear()
-    await w.call("POST", "/events", deadline_ms=protocol.now_ms() - 1, body=b"{}",
-                 headers=[(b"content-type", b"application/json")])
+    await w.call(
+        "POST",
+        "/events",
+        deadline_ms=protocol.now_ms() - 1,
+        body=b"{}",
+        headers=[(b"content-type", b"application/json")],
+    )
     live = await w.call("GET", "/hello/x")
     replies = await w.replies(live.id)
     assert replies[0].status == 200

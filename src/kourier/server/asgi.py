@@ -66,10 +66,11 @@ def build_scope(request: Request, service: str, state: dict[str, Any] | None) ->
 class Outcome:
     """What became of one request: its status and, if the app failed, the error id."""
 
-    __slots__ = ("error", "error_id", "items", "status")
+    __slots__ = ("error", "error_id", "items", "route", "status")
 
     def __init__(self) -> None:
         self.status: int | None = None
+        self.route: str | None = None
         self.error_id: str | None = None
         self.error: BaseException | None = None
         self.items = 0
@@ -161,6 +162,7 @@ async def run_app(
     try:
         await app(scope, receive, send)
     except Exception as exc:
+        outcome.route = _route(scope)
         outcome.error = exc
         outcome.error_id = uuid.uuid4().hex[:16]
         logger.exception(
@@ -206,6 +208,7 @@ async def run_app(
             outcome.items += 1
         response_done.set()
         return outcome
+    outcome.route = _route(scope)
     if start is None:
         outcome.status = 500
         outcome.error_id = uuid.uuid4().hex[:16]
@@ -231,3 +234,10 @@ async def run_app(
         await emit(b"", end=True)
     response_done.set()
     return outcome
+
+
+def _route(scope: Scope) -> str | None:
+    """The route template the framework matched (Starlette and FastAPI set it)."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else None

@@ -90,6 +90,9 @@ class RequestConsumer:
         #: Monotonic time of the last fetch that returned, for liveness checks.
         self.last_progress = time.monotonic()
         self.assigned: set[TopicPartition] = set()
+        #: True once the group gave this member an assignment (possibly empty: a group
+        #: with more members than partitions leaves some idle, and they are healthy).
+        self.joined = False
         self.fetched = 0
         self.completed = 0
 
@@ -219,6 +222,7 @@ class RequestConsumer:
         for tp in partitions:
             self._progress.setdefault(tp, _Progress())
         self.assigned |= partitions
+        self.joined = True
         logger.info("partitions assigned: %s", _names(partitions))
 
     async def _on_revoked(self, partitions: set[TopicPartition]) -> None:
@@ -231,6 +235,7 @@ class RequestConsumer:
             for chain in [c for c in self._key_queues if c[0] == tp]:
                 self._held -= len(self._key_queues.pop(chain))
         self.assigned -= partitions
+        self.joined = False
         self._slot_freed.set()
 
     async def _drain(self, partitions: set[TopicPartition]) -> None:

@@ -9,15 +9,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from kourier import protocol
 from kourier.errors import KourierError, ProtocolError
-from kourier.protocol import Reply, ReplyAddress
+from kourier.protocol import Reply, ReplyAddress, Request
 from kourier.server.asgi import JSON_HEADERS, ASGIApp, error_body, run_app
 from kourier.server.consumer import RequestConsumer
+from kourier.server.hooks import (
+    DeadLetterEvent,
+    ErrorEvent,
+    Hook,
+    Hooks,
+    ReplyEvent,
+    RequestEvent,
+)
+from kourier.server.idempotency import (
+    Idempotency,
+    IdempotencyStore,
+    MemoryIdempotencyStore,
+    Recorded,
+    identity,
+)
 from kourier.server.lifespan import Lifespan
 from kourier.settings import Settings, check_service_name
 from kourier.transports.base import Record, TopicSpec, Transport
@@ -26,6 +42,7 @@ logger = logging.getLogger("kourier.server")
 
 H_DEAD_REASON = "kourier-dead-letter-reason"
 H_DEAD_SOURCE = "kourier-dead-letter-source"
+H_DEAD_ATTEMPTS = "kourier-dead-letter-attempts"
 
 
 @dataclass
@@ -37,6 +54,8 @@ class ServiceStats:
     expired: int = 0
     malformed: int = 0
     dead_letters: int = 0
+    retries: int = 0
+    duplicates: int = 0
 
 
 class Service:
@@ -49,8 +68,11 @@ class Service:
         settings: Settings | None = None,
         *,
         transport: Transport | None = None,
+        hooks: Mapping[str, Sequence[Hook]] | Hooks | None = None,
+        idempotency_store: IdempotencyStore | None = None,
     ) -> None:
         self.app = app
+        self.hooks = hooks if isinstance(hooks, Hooks) else Hooks(hooks)
         self.name = check_service_name(service)
         self.settings = settings or Settings.from_env()
         self.transport = transport or _kafka_transport(self.settings)
@@ -59,6 +81,16 @@ class Service:
         self._lifespan = Lifespan(app)
         self._consumer: RequestConsumer | None = None
         self._started = False
+        #: True from the moment ``stop`` begins: readiness turns false while draining.
+        self.draining = False
+        self._idempotency: Idempotency | None = None
+        if self.settings.idempotency_window > 0:
+            store = (
+                idempotency_store if idempotency_store is not None else (MemoryIdempotencyStore())
+            )
+            self._idempotency = Idempotency(store, self.settings.idempotency_window)
+        self._expired_unlogged = 0
+        self._expired_logged_at = 0.0
 
     @property
     def request_topic(self) -> str:
@@ -100,6 +132,7 @@ class Service:
             raise
         self._started = True
         self.ready.set()
+        await self.hooks.emit("start", self)
         logger.info("service %r consuming %s", self.name, self.request_topic)
 
     async def stop(self) -> None:
@@ -107,10 +140,12 @@ class Service:
             return
         self._started = False
         self.ready.clear()
+        self.draining = True
         if self._consumer is not None:
             await self._consumer.stop()
         await self._lifespan.shutdown()
         await self.transport.stop()
+        await self.hooks.emit("stop", self)
         logger.info("service %r stopped: %s", self.name, self.stats)
 
     async def __aenter__(self) -> Service:
@@ -129,37 +164,133 @@ class Service:
             await self._reject(record, exc)
             return
         if request.deadline_ms is not None and protocol.now_ms() > request.deadline_ms:
-            self.stats.expired += 1
-            logger.debug("skipped request %s: its deadline has passed", request.id)
+            self._expired(request)
+            await self.hooks.emit("expired", RequestEvent(self.name, request, record))
             return
-        acks: list[Awaitable[None]] = []
         if len(request.body) > self.settings.max_request_bytes:
+            acks: list[Awaitable[None]] = []
             await self._error_reply(
                 request.id, request.reply_to, 413, "request body too large", acks
             )
             await _all(acks)
             return
+        gate = self._idempotency
+        if gate is None:
+            await self._handle_once(request, record)
+            return
+        key = identity(request)
+        recorded = await gate.recorded(key)
+        if recorded is not None:
+            self.stats.duplicates += 1
+            logger.info("request %s repeats %s: replaying its response", request.id, key)
+            await self._replay(request, recorded)
+            return
+        gate.begin(key)
+        items: list[Reply] | None = None
+        try:
+            items = await self._handle_once(request, record)
+        finally:
+            await gate.finish(key, items)
+
+    async def _handle_once(self, request: Request, record: Record) -> list[Reply] | None:
+        """Run the app (with retries for one-way work); the reply items if it succeeded."""
         self.stats.handled += 1
+        started = time.perf_counter()
+        if self.hooks.has("request"):
+            await self.hooks.emit("request", RequestEvent(self.name, request, record))
+        items: list[Reply] = []
+        acks: list[Awaitable[None]] = []
 
         async def sink(reply: Reply) -> None:
+            items.append(reply)
             if request.reply_to is not None:
                 acks.append(await self._publish_reply(request.reply_to, reply))
 
-        outcome = await run_app(
-            self.app,
-            request,
-            self.name,
-            sink,
-            state=self._lifespan.state if self._lifespan.supported else None,
-            max_reply_bytes=self.settings.max_reply_bytes,
-        )
-        if outcome.error_id is not None:
-            self.stats.failed += 1
+        attempts = 1 if request.reply_to is not None else self.settings.retry_attempts
+        for attempt in range(1, attempts + 1):
+            items.clear()
+            outcome = await run_app(
+                self.app,
+                request,
+                self.name,
+                sink,
+                state=self._lifespan.state if self._lifespan.supported else None,
+                max_reply_bytes=self.settings.max_reply_bytes,
+            )
+            failed = outcome.error_id is not None or (outcome.status or 500) >= 500
+            if outcome.error_id is not None:
+                self.stats.failed += 1
+                error = outcome.error or RuntimeError("the app returned without a response")
+                await self.hooks.emit(
+                    "error", ErrorEvent(self.name, request, record, error, outcome.error_id)
+                )
+            if not failed or attempt == attempts:
+                break
+            self.stats.retries += 1
+            delay = min(
+                self.settings.retry_backoff * 2 ** (attempt - 1), self.settings.retry_backoff_max
+            )
+            logger.warning(
+                "one-way request %s failed (status %s), attempt %d of %d; retrying in %.2f s",
+                request.id,
+                outcome.status,
+                attempt,
+                attempts,
+                delay,
+            )
+            await asyncio.sleep(delay)
         if request.reply_to is None:
             self.stats.one_way += 1
+            if failed:
+                await self._dead_letter(
+                    record,
+                    f"handler failed with status {outcome.status} after {attempts} attempts"
+                    + (f" (error id {outcome.error_id})" if outcome.error_id else ""),
+                    attempts=attempts,
+                    acks=acks,
+                )
         else:
             self.stats.replied += 1
         await _all(acks)
+        if self.hooks.has("reply"):
+            event = ReplyEvent(
+                self.name,
+                request,
+                record,
+                outcome.status,
+                outcome.route,
+                time.perf_counter() - started,
+                outcome.items,
+                outcome.error_id,
+            )
+            await self.hooks.emit("reply", event)
+        return None if failed else items
+
+    async def _replay(self, request: Request, recorded: Recorded) -> None:
+        if request.reply_to is None:
+            return
+        acks: list[Awaitable[None]] = []
+        for item in recorded.items:
+            copy = Reply(
+                request.id, item.seq, item.body, item.end, item.status, item.headers, item.error_id
+            )
+            acks.append(await self._publish_reply(request.reply_to, copy))
+        await _all(acks)
+
+    def _expired(self, request: Request) -> None:
+        """Count a skipped request; log a summary at most once a second, not each one."""
+        self.stats.expired += 1
+        self._expired_unlogged += 1
+        now = time.monotonic()
+        if now - self._expired_logged_at >= 1.0:
+            logger.warning(
+                "skipped %d requests whose deadline had passed (latest: %s %s)",
+                self._expired_unlogged,
+                request.method,
+                request.path,
+            )
+            self._expired_unlogged = 0
+            self._expired_logged_at = now
 
     async def _publish_reply(self, to: ReplyAddress, reply: Reply) -> Awaitable[None]:
         key, value, headers = protocol.encode_reply(reply)
@@ -190,10 +321,22 @@ class Service:
         self.stats.malformed += 1
         logger.error("malformed record at %s: %s", record.where, exc)
         acks: list[Awaitable[None]] = []
+        await self._dead_letter(record, str(exc), attempts=0, acks=acks)
+        request_id = protocol.request_id_of(record.headers)
+        reply_to = protocol.reply_to_of(record.headers)
+        if request_id is not None:
+            await self._error_reply(request_id, reply_to, 400, f"malformed request: {exc}", acks)
+        await _all(acks)
+
+    async def _dead_letter(
+        self, record: Record, reason: str, *, attempts: int, acks: list[Awaitable[None]]
+    ) -> None:
+        """Copy a record to the dead-letter topic with why, where from and how often."""
         headers = [
             *[(n, v) for n, v in record.headers if isinstance(n, str)],
-            (H_DEAD_REASON, str(exc).encode("utf-8", "replace")[:1000]),
+            (H_DEAD_REASON, reason.encode("utf-8", "replace")[:1000]),
             (H_DEAD_SOURCE, record.where.encode("utf-8", "replace")),
+            (H_DEAD_ATTEMPTS, str(attempts).encode("ascii")),
         ]
         try:
             acks.append(
@@ -201,14 +344,14 @@ class Service:
                     self.dead_letter_topic, record.value or b"", key=record.key, headers=headers
                 )
             )
-            self.stats.dead_letters += 1
         except KourierError as error:
+            # Not acknowledged: the record stays uncommitted only if the handler raises,
+            # so say loudly that it is lost to the dead-letter topic.
             logger.error("could not dead-letter the record at %s: %s", record.where, error)
-        request_id = protocol.request_id_of(record.headers)
-        reply_to = protocol.reply_to_of(record.headers)
-        if request_id is not None:
-            await self._error_reply(request_id, reply_to, 400, f"malformed request: {exc}", acks)
-        await _all(acks)
+            return
+        self.stats.dead_letters += 1
+        logger.error("dead-lettered the record at %s: %s", record.where, reason)
+        await self.hooks.emit("dead_letter", DeadLetterEvent(self.name, record, reason))
 
 
 async def _all(acks: list[Awaitable[None]]) -> None:

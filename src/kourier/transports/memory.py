@@ -194,7 +194,8 @@ class MemoryGroupConsumer(GroupConsumer):
             for tp in self._assigned:
                 self._positions[tp] = group.committed.get(tp, 0)
             self._paused &= self._assigned
-            if self._assigned and self._on_assigned is not None:
+            # Kafka calls the assignment callback even with nothing assigned.
+            if self._on_assigned is not None:
                 await self._on_assigned(set(self._assigned))
         return True
 

@@ -1,0 +1,112 @@
+"""Answer a repeated request with the recorded response instead of running it again.
+
+A request is identified by its ``Idempotency-Key`` header if it has one, else by its
+request id (which a caller's retry keeps). Within ``idempotency_window`` seconds, a
+second request with the same identity gets the first one's reply items replayed to its
+own reply address; if the first is still running, the second waits for it.
+
+The default store lives in the service process. It covers retries and redeliveries
+that reach the same instance; it does not cover a redelivery to another instance (after
+a crash or a rebalance), nor a restart. A shared store (e.g. Redis) implements
+``IdempotencyStore`` for that; see docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Protocol
+
+from kourier.protocol import Reply, Request
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What a handled request produced: its reply items (empty for one-way work)."""
+
+    items: tuple[Reply, ...]
+    size: int
+
+
+class IdempotencyStore(Protocol):
+    """Where recorded responses live. Implementations must bound their own size."""
+
+    async def get(self, key: str) -> Recorded | None: ...
+
+    async def put(self, key: str, recorded: Recorded, ttl: float) -> None: ...
+
+
+class MemoryIdempotencyStore:
+    """An LRU of recorded responses, bounded in entries and bytes, expiring after the TTL."""
+
+    def __init__(self, max_entries: int = 10_000, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, tuple[float, Recorded]] = OrderedDict()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def get(self, key: str) -> Recorded | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, recorded = entry
+        if expires < time.monotonic():
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return recorded
+
+    async def put(self, key: str, recorded: Recorded, ttl: float) -> None:
+        if recorded.size > self.max_bytes:
+            return
+        if key in self._entries:
+            self._drop(key)
+        self._entries[key] = (time.monotonic() + ttl, recorded)
+        self._bytes += recorded.size
+        while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: str) -> None:
+        _, recorded = self._entries.pop(key)
+        self._bytes -= recorded.size
+
+
+def identity(request: Request) -> str:
+    for name, value in request.headers:
+        if name == b"idempotency-key" and value:
+            return "key:" + value.decode("latin-1")[:200]
+    return "id:" + request.id
+
+
+class Idempotency:
+    """Per-service gate: run a request once per identity within the window."""
+
+    def __init__(self, store: IdempotencyStore, window: float) -> None:
+        self.store = store
+        self.window = window
+        self._running: dict[str, asyncio.Future[Recorded | None]] = {}
+
+    async def recorded(self, key: str) -> Recorded | None:
+        """The recorded response, waiting for a run of the same identity in progress."""
+        running = self._running.get(key)
+        if running is not None:
+            return await asyncio.shield(running)
+        return await self.store.get(key)
+
+    def begin(self, key: str) -> None:
+        self._running[key] = asyncio.get_running_loop().create_future()
+
+    async def finish(self, key: str, items: list[Reply] | None) -> None:
+        """Record the outcome (``None``: nothing to record, e.g. the handler failed)."""
+        future = self._running.pop(key, None)
+        recorded = None
+        if items is not None:
+            recorded = Recorded(tuple(items), sum(len(i.body) for i in items))
+            await self.store.put(key, recorded, self.window)
+        if future is not None and not future.done():
+            future.set_result(recorded)

@@ -1,0 +1,146 @@
+"""Retries and dead letters for one-way work; idempotent replays of repeated requests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from kourier import protocol
+from kourier.server.idempotency import MemoryIdempotencyStore, Recorded
+from kourier.server.serve import H_DEAD_ATTEMPTS, H_DEAD_REASON, Service
+from kourier.transports.base import TopicSpec
+from kourier.transports.memory import MemoryTransport
+from tests import apps
+from tests.server.conftest import SETTINGS, Wire
+
+
+async def _until(check: object, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():  # type: ignore[operator]
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+def _dead_letters(w: Wire) -> list[dict[str, bytes]]:
+    topic = w.transport.broker.topics[SETTINGS.dead_letter_topic("orders")]
+    return [dict(r.headers) for partition in topic for r in partition]
+
+
+async def test_a_failing_one_way_message_is_retried_then_succeeds(
+    wire: tuple[Wire, Service],
+) -> None:
+    """Two failures then a success: three attempts, no dead letter."""
+    w, service = wire
+    apps.failures.clear()
+    await w.call("POST", "/flaky/a?fail_times=2", reply_to=None)
+    await _until(lambda: apps.failures.get("a") == 3 and service.stats.one_way == 1)
+    assert service.stats.retries == 2
+    assert _dead_letters(w) == []
+
+
+async def test_a_poison_message_ends_in_dead_letters_without_blocking_others(
+    wire: tuple[Wire, Service],
+) -> None:
+    """A message that always fails is dead-lettered after its attempts; others go on."""
+    w, service = wire
+    apps.failures.clear()
+    poison = await w.call("POST", "/flaky/poison?fail_times=99", reply_to=None, key=b"p")
+    for i in range(5):
+        await w.call("POST", f"/flaky/ok{i}", reply_to=None, key=f"k{i}".encode())
+    await _until(lambda: all(apps.failures.get(f"ok{i}") == 1 for i in range(5)), 1.0)
+    assert apps.failures["poison"] < SETTINGS.retry_attempts, "others did not wait for it"
+    await _until(lambda: service.stats.dead_letters == 1)
+    assert apps.failures["poison"] == SETTINGS.retry_attempts
+    [letter] = _dead_letters(w)
+    assert letter[H_DEAD_ATTEMPTS] == str(SETTINGS.retry_attempts).encode()
+    assert b"status 500" in letter[H_DEAD_REASON]
+    assert letter["kourier-id"] == poison.id.encode()
+    assert letter["kourier-target"] == b"/flaky/poison?fail_times=99"
+
+
+async def test_two_way_failures_are_not_retried_by_the_service(
+    wire: tuple[Wire, Service],
+) -> None:
+    """A two-way 500 goes straight back to the caller, who decides about retrying."""
+    w, service = wire
+    apps.failures.clear()
+    request = await w.call("POST", "/flaky/tw?fail_times=1")
+    [reply] = await w.replies(request.id)
+    assert reply.status == 500
+    assert apps.failures["tw"] == 1
+    assert service.stats.retries == 0
+
+
+async def test_a_repeated_request_id_gets_the_recorded_response(
+    wire: tuple[Wire, Service],
+) -> None:
+    """A retry with the same request id is answered from the record, not run again."""
+    w, service = wire
+    apps.counter["n"] = 0
+    first = await w.call("POST", "/count")
+    assert len(await w.replies(first.id)) == 1
+    again = await w.call("POST", "/count", id=first.id)
+    replies = await w.replies(first.id, ends=2)
+    assert apps.counter["n"] == 1
+    assert [json.loads(r.body) for r in replies] == [{"n": 1}, {"n": 1}]
+    assert service.stats.duplicates == 1
+    assert again.id == first.id
+
+
+async def test_an_idempotency_key_dedupes_different_request_ids(
+    wire: tuple[Wire, Service],
+) -> None:
+    """Two requests with one Idempotency-Key run once, even while the first is running."""
+    w, _ = wire
+    apps.counter["n"] = 0
+    headers = [(b"idempotency-key", b"pay-42")]
+    first = await w.call("POST", "/count", headers=headers)
+    second = await w.call("POST", "/count", headers=headers)
+    one = await w.replies(first.id)
+    two = await w.replies(second.id)
+    assert apps.counter["n"] == 1
+    assert json.loads(one[0].body) == json.loads(two[0].body) == {"n": 1}
+    assert two[0].request_id == second.id
+
+
+async def test_a_failed_run_is_not_recorded(wire: tuple[Wire, Service]) -> None:
+    """After a 500, the same request id runs again rather than replaying the failure."""
+    w, _ = wire
+    apps.failures.clear()
+    first = await w.call("POST", "/flaky/rec?fail_times=1")
+    assert (await w.replies(first.id))[0].status == 500
+    await w.call("POST", "/flaky/rec?fail_times=1", id=first.id)
+    replies = await w.replies(first.id, ends=2)
+    assert [r.status for r in replies] == [500, 202]
+
+
+async def test_idempotency_can_be_turned_off() -> None:
+    """With idempotency_window=0, a repeated request id runs the handler again."""
+    settings = SETTINGS.replace(idempotency_window=0)
+    transport = MemoryTransport()
+    await transport.ensure_topics([TopicSpec(settings.reply_topic, 1)])
+    reader = transport.partition_reader(settings.reply_topic, 0)
+    await reader.start()
+    async with Service(apps.app, "orders", settings, transport=MemoryTransport(transport.broker)):
+        w = Wire(transport, reader)
+        apps.counter["n"] = 0
+        first = await w.call("POST", "/count")
+        await w.replies(first.id)
+        await w.call("POST", "/count", id=first.id)
+        replies = await w.replies(first.id, ends=2)
+        assert [json.loads(r.body)["n"] for r in replies] == [1, 2]
+
+
+async def test_the_memory_store_is_bounded_and_expires() -> None:
+    """Entries beyond the bound are evicted oldest first; expired entries are gone."""
+    store = MemoryIdempotencyStore(max_entries=3, max_bytes=100)
+    reply = protocol.Reply("x", 0, b"y" * 10, status=200)
+    for i in range(5):
+        await store.put(str(i), Recorded((reply,), 10), ttl=60)
+    assert len(store) == 3
+    assert await store.get("0") is None and await store.get("4") is not None
+    await store.put("big", Recorded((reply,), 1000), ttl=60)
+    assert await store.get("big") is None, "an entry larger than the whole bound is skipped"
+    await store.put("short", Recorded((reply,), 10), ttl=0.01)
+    await asyncio.sleep(0.02)
+    assert await store.get("short") is None
