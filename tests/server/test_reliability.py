@@ -11,14 +11,7 @@ from kourier.server.serve import H_DEAD_ATTEMPTS, H_DEAD_REASON, Service
 from kourier.transports.base import TopicSpec
 from kourier.transports.memory import MemoryTransport
 from tests import apps
-from tests.server.conftest import SETTINGS, Wire
-
-
-async def _until(check: object, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():  # type: ignore[operator]
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
+from tests.server.conftest import SETTINGS, Wire, eventually
 
 
 def _dead_letters(w: Wire) -> list[dict[str, bytes]]:
@@ -33,7 +26,7 @@ async def test_a_failing_one_way_message_is_retried_then_succeeds(
     w, service = wire
     apps.failures.clear()
     await w.call("POST", "/flaky/a?fail_times=2", reply_to=None)
-    await _until(lambda: apps.failures.get("a") == 3 and service.stats.one_way == 1)
+    await eventually(lambda: apps.failures.get("a") == 3 and service.stats.one_way == 1)
     assert service.stats.retries == 2
     assert _dead_letters(w) == []
 
@@ -47,9 +40,9 @@ async def test_a_poison_message_ends_in_dead_letters_without_blocking_others(
     poison = await w.call("POST", "/flaky/poison?fail_times=99", reply_to=None, key=b"p")
     for i in range(5):
         await w.call("POST", f"/flaky/ok{i}", reply_to=None, key=f"k{i}".encode())
-    await _until(lambda: all(apps.failures.get(f"ok{i}") == 1 for i in range(5)), 1.0)
+    await eventually(lambda: all(apps.failures.get(f"ok{i}") == 1 for i in range(5)), 1.0)
     assert apps.failures["poison"] < SETTINGS.retry_attempts, "others did not wait for it"
-    await _until(lambda: service.stats.dead_letters == 1)
+    await eventually(lambda: service.stats.dead_letters == 1)
     assert apps.failures["poison"] == SETTINGS.retry_attempts
     [letter] = _dead_letters(w)
     assert letter[H_DEAD_ATTEMPTS] == str(SETTINGS.retry_attempts).encode()

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from kourier.server.hooks import (
     ReplyEvent,
     RequestEvent,
 )
+from kourier.server.http import HttpSide
 from kourier.server.idempotency import (
     Idempotency,
     IdempotencyStore,
@@ -99,6 +101,10 @@ class Service:
     @property
     def dead_letter_topic(self) -> str:
         return self.settings.dead_letter_topic(self.name)
+
+    @property
+    def lifespan_state(self) -> dict[str, Any]:
+        return self._lifespan.state
 
     @property
     def consumer(self) -> RequestConsumer | None:
@@ -202,6 +208,7 @@ class Service:
         acks: list[Awaitable[None]] = []
 
         async def sink(reply: Reply) -> None:
+            reply.responder = self.name
             items.append(reply)
             if request.reply_to is not None:
                 acks.append(await self._publish_reply(request.reply_to, reply))
@@ -272,7 +279,14 @@ class Service:
         acks: list[Awaitable[None]] = []
         for item in recorded.items:
             copy = Reply(
-                request.id, item.seq, item.body, item.end, item.status, item.headers, item.error_id
+                request.id,
+                item.seq,
+                item.body,
+                item.end,
+                item.status,
+                item.headers,
+                item.error_id,
+                self.name,
             )
             acks.append(await self._publish_reply(request.reply_to, copy))
         await _all(acks)
@@ -309,7 +323,12 @@ class Service:
         if reply_to is None:
             return
         reply = Reply(
-            request_id, 0, error_body(status, detail), status=status, headers=JSON_HEADERS
+            request_id,
+            0,
+            error_body(status, detail),
+            status=status,
+            headers=JSON_HEADERS,
+            responder=self.name,
         )
         try:
             acks.append(await self._publish_reply(reply_to, reply))
@@ -374,10 +393,16 @@ async def serve(
     settings: Settings | None = None,
     *,
     transport: Transport | None = None,
-    ready: Any = None,
+    hooks: Mapping[str, Sequence[Hook]] | Hooks | None = None,
+    http_port: int | None = None,
+    http_host: str = "0.0.0.0",
+    ready: Callable[[Service], object] | None = None,
 ) -> None:
-    """Serve ``app`` as ``service`` until SIGTERM or SIGINT; a second signal stops at once."""
-    instance = Service(app, service, settings, transport=transport)
+    """Serve ``app`` as ``service`` until SIGTERM or SIGINT; a second signal stops at once.
+
+    With ``http_port`` the same app answers HTTP on that port as well (migration).
+    """
+    instance = Service(app, service, settings, transport=transport, hooks=hooks)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = 0
@@ -390,16 +415,24 @@ async def serve(
             stop.set()
         else:
             logger.warning("second signal: stopping at once")
-            raise SystemExit(1)
+            os._exit(1)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    http: HttpSide | None = None
     try:
         await instance.start()
+        if http_port is not None:
+            http = HttpSide(app, http_port, http_host, instance.lifespan_state)
+            await http.start()
+            logger.info("serving HTTP on %s:%d as well", http_host, http.port)
         if ready is not None:
-            ready()
+            ready(instance)
         await stop.wait()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        instance.draining = True
+        if http is not None:
+            await http.stop()
         await instance.stop()

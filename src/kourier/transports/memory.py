@@ -92,8 +92,11 @@ class MemoryBroker:
 
     async def wait_for_change(self, timeout: float) -> None:
         event = self._changed
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+        # that lands in the same loop step as the event.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await event.wait()
 
     def end_offset(self, tp: TopicPartition) -> int:
         return len(self.topics[tp[0]][tp[1]])

@@ -1,0 +1,361 @@
+"""The native caller: two-way requests, one-way sends, streamed replies, scatter-gather.
+
+``Client`` turns a call into a request record on the service's request topic and
+waits for the reply records in its ``ReplyInbox``. Every call has a deadline, carried
+in the record so the service can skip work nobody waits for any more.
+
+It must never retry a two-way call on its own (a retry is a new call: the caller
+decides), never send a record before the call is validated (size, reserved headers),
+and never keep a waiter after its call is over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json as jsonlib
+import logging
+import re
+import warnings
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+
+from kourier import protocol
+from kourier.client.replies import ReplyInbox
+from kourier.client.responses import ReplyStream, Response
+from kourier.errors import ReplyTimeout, RequestTooLarge, StreamBroken
+from kourier.protocol import ReplyAddress, Request
+from kourier.settings import Settings
+from kourier.transports.base import TopicSpec, Transport
+
+Headers = (
+    httpx.Headers | Mapping[str, str] | Sequence[tuple[str, str]] | Sequence[tuple[bytes, bytes]]
+)
+Primitive = str | int | float | bool | None
+Params = httpx.QueryParams | Mapping[str, Primitive | Sequence[Primitive]] | str
+Key = str | bytes
+
+logger = logging.getLogger("kourier.client")
+
+_METHOD = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}$")
+
+
+class Client:
+    """A caller instance: one broker connection and one reply inbox, shared by its calls.
+
+    ``async with Client(settings) as client: await client.request("orders", "GET", "/")``.
+    Without ``transport`` it connects to Kafka (``KafkaTransport(settings)``) and owns
+    that connection; a transport passed in is used as is and left to its owner to start
+    and stop.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, transport: Transport | None = None):
+        self.settings = settings if settings is not None else Settings.from_env()
+        self._owns_transport = transport is None
+        self.transport = transport if transport is not None else _kafka(self.settings)
+        self.inbox = ReplyInbox(self.transport, self.settings)
+        self._ready_topics: set[str] = set()
+        self._started = False
+
+    async def start(self) -> None:
+        if self._started:
+            raise RuntimeError("the client is already started")
+        if self._owns_transport:
+            await self.transport.start()
+        try:
+            await self.inbox.start()
+        except BaseException:
+            if self._owns_transport:
+                await self.transport.stop()
+            raise
+        self._started = True
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        try:
+            await self.inbox.stop()
+        finally:
+            if self._owns_transport:
+                await self.transport.stop()
+
+    async def __aenter__(self) -> Client:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def __del__(self) -> None:
+        if getattr(self, "_started", False):
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1)
+
+    # -- calls -------------------------------------------------------------------------
+
+    async def request(
+        self,
+        service: str,
+        method: str,
+        path: str,
+        *,
+        headers: Headers | None = None,
+        content: bytes | str | None = None,
+        json: Any = None,
+        params: Params | None = None,
+        timeout: float | None = None,
+        key: Key | None = None,
+        request_id: str | None = None,
+    ) -> Response:
+        """Call ``service`` and wait for its whole response, until the deadline at most.
+
+        ``timeout`` (default ``settings.default_timeout``) bounds the whole call; after it
+        ``ReplyTimeout`` is raised and a late reply is dropped. ``key`` keeps calls with
+        the same key in order at the service.
+        """
+        seconds = self._timeout(timeout)
+        deadline = _loop_time() + seconds
+        request = self._request(
+            method, path, headers, content, json, params, key, request_id, seconds, two_way=True
+        )
+        topic = self.settings.request_topic(service)
+        with self.inbox.expect(request.id) as waiter:
+            await self._publish(topic, request, deadline)
+            items = [await waiter.next(deadline)]
+            while not items[-1].end:
+                items.append(await waiter.next(deadline))
+        return Response.from_items(items, method=request.method, url=_url(service, request))
+
+    async def send(
+        self,
+        service: str,
+        method: str,
+        path: str,
+        *,
+        headers: Headers | None = None,
+        content: bytes | str | None = None,
+        json: Any = None,
+        params: Params | None = None,
+        key: Key | None = None,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> str:
+        """Send a one-way message; return its request id once the broker has it.
+
+        Nothing comes back. With ``timeout`` the message carries a deadline after which
+        the service skips it; without, it waits as long as it takes.
+        """
+        if timeout is not None:
+            timeout = self._timeout(timeout)
+        request = self._request(
+            method, path, headers, content, json, params, key, request_id, timeout, two_way=False
+        )
+        topic = self.settings.request_topic(service)
+        await self._publish(topic, request, None)
+        return request.id
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        service: str,
+        method: str,
+        path: str,
+        *,
+        headers: Headers | None = None,
+        content: bytes | str | None = None,
+        json: Any = None,
+        params: Params | None = None,
+        timeout: float | None = None,
+        key: Key | None = None,
+        request_id: str | None = None,
+    ) -> AsyncIterator[ReplyStream]:
+        """Call ``service`` and read its reply item by item, as the items arrive.
+
+        Entering waits for item 0 (status and headers) until the deadline; each later
+        item must come within ``timeout`` of the previous one.
+        """
+        seconds = self._timeout(timeout)
+        deadline = _loop_time() + seconds
+        request = self._request(
+            method, path, headers, content, json, params, key, request_id, seconds, two_way=True
+        )
+        topic = self.settings.request_topic(service)
+        with self.inbox.expect(request.id) as waiter:
+            await self._publish(topic, request, deadline)
+            reply = ReplyStream(waiter, await waiter.next(deadline), seconds)
+            try:
+                yield reply
+            finally:
+                await reply.aclose()
+
+    async def gather(
+        self,
+        topic_or_service: str,
+        method: str,
+        path: str,
+        *,
+        headers: Headers | None = None,
+        content: bytes | str | None = None,
+        json: Any = None,
+        params: Params | None = None,
+        count: int | None = None,
+        timeout: float | None = None,
+        key: Key | None = None,
+        request_id: str | None = None,
+    ) -> list[Response]:
+        """Send one request that several services consume; collect their responses.
+
+        ``topic_or_service`` is a topic name if it contains a dot (every topic kourier
+        names does, no service name can), else a service whose request topic is used.
+        Returns, in the order they completed, the responses of different responders once
+        ``count`` have come, or at the deadline whatever has come by then (without
+        ``count``, always at the deadline). ``ReplyTimeout`` only if none came at all.
+        Responders are told apart by the ``kourier-from`` reply header.
+        """
+        if count is not None and count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
+        seconds = self._timeout(timeout)
+        deadline = _loop_time() + seconds
+        request = self._request(
+            method, path, headers, content, json, params, key, request_id, seconds, two_way=True
+        )
+        topic = _gather_topic(self.settings, topic_or_service)
+        with self.inbox.expect(request.id, gather=True) as waiter:
+            await self._publish(topic, request, deadline)
+            replies = await waiter.gather(count, deadline)
+        url = f"kourier://{topic}{request.target}"
+        responses = []
+        for items in replies:
+            try:
+                responses.append(Response.from_items(items, method=request.method, url=url))
+            except StreamBroken as exc:
+                logger.warning("left out a broken reply: %s", exc)
+        if not responses:
+            raise ReplyTimeout(f"no reply to {request.id} in {seconds}s")
+        return responses
+
+    # -- parts -------------------------------------------------------------------------
+
+    def _timeout(self, timeout: float | None) -> float:
+        seconds = self.settings.default_timeout if timeout is None else timeout
+        if seconds <= 0:
+            raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+        return seconds
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        headers: Headers | None,
+        content: bytes | str | None,
+        json: Any,
+        params: Params | None,
+        key: Key | None,
+        request_id: str | None,
+        timeout: float | None,
+        *,
+        two_way: bool,
+    ) -> Request:
+        """Build and validate a request; nothing is sent if this raises."""
+        if not self._started:
+            raise RuntimeError("the client is not started (use 'async with Client(...)')")
+        if not _METHOD.match(method):
+            raise ValueError(f"{method[:40]!r} is not an HTTP method")
+        if request_id is None:
+            request_id = protocol.new_request_id()
+        elif not protocol.is_valid_request_id(request_id):
+            raise ValueError(f"request id {request_id[:40]!r}: use 1-128 of A-Z a-z 0-9 . _ : -")
+        if key is not None and not isinstance(key, str | bytes):
+            raise TypeError(f"key must be str or bytes, not {type(key).__name__}")
+        user_headers = httpx.Headers(headers)
+        body = _body(content, json, user_headers)
+        if len(body) > self.settings.max_request_bytes:
+            raise RequestTooLarge(
+                f"request body of {len(body)} bytes is larger than max_request_bytes "
+                f"({self.settings.max_request_bytes})"
+            )
+        return Request(
+            id=request_id,
+            method=method.upper(),
+            target=_target(path, params),
+            headers=protocol.validate_user_headers(user_headers.raw),
+            body=body,
+            deadline_ms=None if timeout is None else protocol.now_ms() + int(timeout * 1000),
+            reply_to=self.inbox.address if two_way else None,
+            key=key.encode("utf-8") if isinstance(key, str) else key,
+        )
+
+    async def _publish(self, topic: str, request: Request, deadline: float | None) -> None:
+        """Publish and wait for the broker's ack (for a two-way call, until its deadline)."""
+        await self._ensure_topic(topic)
+        key, value, headers = protocol.encode_request(request)
+        if deadline is None:
+            await (await self.transport.publish(topic, value, key=key, headers=headers))
+            return
+        try:
+            async with asyncio.timeout_at(deadline):
+                await (await self.transport.publish(topic, value, key=key, headers=headers))
+        except TimeoutError:
+            raise ReplyTimeout(
+                f"the broker did not acknowledge request {request.id} before its deadline"
+            ) from None
+
+    async def _ensure_topic(self, topic: str) -> None:
+        # Creating a service's topic here lets calls queue up before it first starts.
+        if self.settings.create_topics and topic not in self._ready_topics:
+            spec = TopicSpec(topic, self.settings.partitions, self.settings.replication_factor)
+            await self.transport.ensure_topics([spec])
+            self._ready_topics.add(topic)
+
+    @property
+    def reply_address(self) -> ReplyAddress:
+        return self.inbox.address
+
+    def __repr__(self) -> str:
+        state = "started" if self._started else "stopped"
+        return f"<Client {state} {type(self.transport).__name__}>"
+
+
+def _kafka(settings: Settings) -> Transport:
+    # Imported here so that a caller on the in-memory transport never loads aiokafka.
+    from kourier.transports.kafka import KafkaTransport
+
+    return KafkaTransport(settings)
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def _body(content: bytes | str | None, json: Any, headers: httpx.Headers) -> bytes:
+    if content is not None and json is not None:
+        raise ValueError("give content or json, not both")
+    if json is not None:
+        if "content-type" not in headers:
+            headers["content-type"] = "application/json"
+        return jsonlib.dumps(json, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    if isinstance(content, str):
+        return content.encode("utf-8")
+    return bytes(content or b"")
+
+
+def _target(path: str, params: Params | None) -> str:
+    """The origin-form target: the path, percent-encoded as needed, and the query."""
+    if not path.startswith("/"):
+        raise ValueError(f"path {path[:60]!r} must start with '/'")
+    url = httpx.URL(path)
+    if params is not None:
+        url = url.copy_merge_params(params)
+    return url.raw_path.decode("ascii")
+
+
+def _url(service: str, request: Request) -> str:
+    return f"http://{service}{request.target}"
+
+
+def _gather_topic(settings: Settings, topic_or_service: str) -> str:
+    if "." in topic_or_service:
+        return topic_or_service
+    return settings.request_topic(topic_or_service)

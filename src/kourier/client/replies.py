@@ -1,0 +1,294 @@
+"""This caller instance's reply destination: one partition, a map request id -> waiter.
+
+A ``ReplyInbox`` reads one partition of the shared reply topic (chosen at random, so
+caller instances spread over the partitions) from its end, and hands each reply record
+to the waiter registered for its request id. Several callers may read the same
+partition: each keeps only the ids it is waiting for and drops the rest.
+
+It must never die on bad input: a malformed record, a reply nobody waits for (another
+caller's, or one that came after its deadline) and a broker hiccup are logged and
+skipped. Waiters are forgotten as soon as their call is over, so the map only holds
+calls in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from itertools import count
+from types import TracebackType
+
+from kourier.errors import BrokerError, KourierError, ProtocolError, ReplyTimeout, StreamBroken
+from kourier.protocol import Reply, ReplyAddress, decode_reply
+from kourier.settings import Settings
+from kourier.transports.base import PartitionReader, Record, TopicSpec, Transport
+
+logger = logging.getLogger("kourier.client")
+
+_FETCH_TIMEOUT = 1.0
+_MAX_BACKOFF = 2.0
+
+
+class ReplyOrder:
+    """One responder's reply items, put back in ``seq`` order.
+
+    Out-of-order items wait in a buffer; an item whose seq was already taken or
+    buffered (a redelivered request answered twice) is ignored. Once the end marker has
+    arrived and the next item is still missing, the reply is broken: every record of
+    one request id travels on one partition, read in order, so an item stored before
+    its end marker has been seen by then. (The inbox routes a whole fetched batch before
+    any reader looks, so items swapped within one batch are still put right.)
+    """
+
+    __slots__ = ("_buffer", "end_seq", "next_seq")
+
+    def __init__(self) -> None:
+        self.next_seq = 0
+        self.end_seq: int | None = None
+        self._buffer: dict[int, Reply] = {}
+
+    def add(self, reply: Reply) -> bool:
+        """Keep ``reply``; False if it is a duplicate or lies beyond the end marker."""
+        if reply.seq < self.next_seq or reply.seq in self._buffer:
+            return False
+        if self.end_seq is not None and reply.seq > self.end_seq:
+            return False
+        if reply.end:
+            self.end_seq = reply.seq
+            for seq in [s for s in self._buffer if s > reply.seq]:
+                del self._buffer[seq]
+        self._buffer[reply.seq] = reply
+        return True
+
+    def pop(self) -> Reply | None:
+        """The next item in order, if it has arrived."""
+        reply = self._buffer.pop(self.next_seq, None)
+        if reply is not None:
+            self.next_seq += 1
+        return reply
+
+    @property
+    def done(self) -> bool:
+        return self.end_seq is not None and self.next_seq > self.end_seq
+
+    @property
+    def broken(self) -> bool:
+        return self.end_seq is not None and not self.done and self.next_seq not in self._buffer
+
+
+class ReplyWaiter:
+    """The handle of one call in flight: receives its reply items until closed.
+
+    In single mode (``request``, ``stream``) the first responder heard from is the one
+    followed; items from any other are dropped. In gather mode each responder (the
+    ``kourier-from`` header) has its own order; a reply without that header counts as
+    a responder of its own when it is a complete single item.
+    """
+
+    def __init__(self, inbox: ReplyInbox, request_id: str, *, gather: bool) -> None:
+        self.request_id = request_id
+        self._inbox = inbox
+        self._gather = gather
+        self._orders: dict[str | None, ReplyOrder] = {}
+        self._anonymous = count()
+        self._changed = asyncio.Event()
+        self._failure: KourierError | None = None
+        self.closed = False
+
+    def deliver(self, reply: Reply) -> None:
+        responder = reply.responder
+        if self._gather and responder is None and reply.seq == 0 and reply.end:
+            responder = f"#{next(self._anonymous)}"
+        if not self._gather and self._orders and responder not in self._orders:
+            logger.debug("dropped a reply to %s from a second responder", self.request_id)
+            return
+        order = self._orders.setdefault(responder, ReplyOrder())
+        if order.add(reply):
+            self._changed.set()
+        else:
+            logger.debug("dropped duplicate reply item %s of %s", reply.seq, self.request_id)
+
+    def fail(self, error: KourierError) -> None:
+        self._failure = error
+        self._changed.set()
+
+    async def next(self, deadline: float) -> Reply:
+        """The next reply item in order; ``ReplyTimeout`` if none before ``deadline``.
+
+        ``deadline`` is on the event loop's clock (``loop.time()``).
+        """
+        while True:
+            self._changed.clear()
+            if self._failure is not None:
+                raise self._failure
+            order = next(iter(self._orders.values()), None)
+            if order is not None:
+                reply = order.pop()
+                if reply is not None:
+                    return reply
+                if order.broken:
+                    raise StreamBroken(
+                        f"reply to {self.request_id} ended at item {order.end_seq} "
+                        f"but item {order.next_seq} never came"
+                    )
+            await self._wait(deadline)
+
+    async def gather(self, limit: int | None, deadline: float) -> list[list[Reply]]:
+        """Complete replies of different responders, until ``limit`` of them or the deadline.
+
+        Replies still incomplete at the deadline, and broken ones, are left out.
+        """
+        taken: dict[str | None, list[Reply]] = {}
+        finished: set[str | None] = set()
+        complete: list[list[Reply]] = []
+        while True:
+            self._changed.clear()
+            if self._failure is not None:
+                raise self._failure
+            for responder, order in self._orders.items():
+                if responder in finished:
+                    continue
+                items = taken.setdefault(responder, [])
+                while (reply := order.pop()) is not None:
+                    items.append(reply)
+                if order.done:
+                    finished.add(responder)
+                    complete.append(items)
+                elif order.broken:
+                    finished.add(responder)
+                    logger.warning("reply to %s from %s is broken", self.request_id, responder)
+            if limit is not None and len(complete) >= limit:
+                return complete[:limit]
+            try:
+                await self._wait(deadline)
+            except ReplyTimeout:
+                return complete
+
+    async def _wait(self, deadline: float) -> None:
+        # timeout_at, not wait_for: on 3.11 wait_for can swallow a cancellation of the call.
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._changed.wait()
+        except TimeoutError:
+            raise ReplyTimeout(f"no reply to {self.request_id} in time") from None
+
+    def close(self) -> None:
+        """Forget the request id: replies that still come are dropped."""
+        if not self.closed:
+            self.closed = True
+            self._inbox.forget(self)
+
+    def __enter__(self) -> ReplyWaiter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class ReplyInbox:
+    """Reads this caller's reply partition and routes each reply to its waiter."""
+
+    def __init__(
+        self, transport: Transport, settings: Settings, *, partition: int | None = None
+    ) -> None:
+        self._transport = transport
+        self._settings = settings
+        self._partition = partition
+        self._waiters: dict[str, ReplyWaiter] = {}
+        self._reader: PartitionReader | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._address: ReplyAddress | None = None
+
+    @property
+    def address(self) -> ReplyAddress:
+        """Where services send this caller's replies (the ``kourier-reply-to`` header)."""
+        if self._address is None:
+            raise RuntimeError("the reply inbox is not started")
+        return self._address
+
+    @property
+    def waiting(self) -> int:
+        """How many calls are waiting for replies."""
+        return len(self._waiters)
+
+    async def start(self) -> None:
+        topic = self._settings.reply_topic
+        if self._settings.create_topics:
+            spec = TopicSpec(
+                topic, self._settings.reply_partitions, self._settings.replication_factor
+            )
+            await self._transport.ensure_topics([spec])
+        # The topic may predate these settings: pick among the partitions it really has.
+        partitions = await self._transport.partition_count(topic)
+        partition = self._partition
+        if partition is None:
+            partition = random.randrange(partitions)
+        reader = self._transport.partition_reader(topic, partition)
+        await reader.start()
+        self._reader = reader
+        self._address = ReplyAddress(topic, partition)
+        self._task = asyncio.create_task(self._run(reader), name=f"kourier replies {topic}")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        while task is not None and not task.done():
+            # A transport waiting in asyncio.wait_for (Python 3.11) may swallow one
+            # cancellation, so cancel until the task really ends. wait() rather than
+            # await: a cancellation of stop() itself must not be eaten.
+            task.cancel()
+            await asyncio.wait([task], timeout=0.1)
+        for waiter in list(self._waiters.values()):
+            waiter.fail(BrokerError("the client stopped before the reply came"))
+        if self._reader is not None:
+            await self._reader.stop()
+            self._reader = None
+
+    def expect(self, request_id: str, *, gather: bool = False) -> ReplyWaiter:
+        """Register a waiter for ``request_id``; close it when the call is over."""
+        if self._task is None:
+            raise RuntimeError("the reply inbox is not started")
+        if request_id in self._waiters:
+            raise ValueError(f"request id {request_id!r} is already waiting for a reply")
+        waiter = ReplyWaiter(self, request_id, gather=gather)
+        self._waiters[request_id] = waiter
+        return waiter
+
+    def forget(self, waiter: ReplyWaiter) -> None:
+        if self._waiters.get(waiter.request_id) is waiter:
+            del self._waiters[waiter.request_id]
+
+    async def _run(self, reader: PartitionReader) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                records = await reader.fetch(_FETCH_TIMEOUT)
+            except Exception:
+                logger.exception("could not fetch replies; retrying in %.1fs", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+                continue
+            backoff = 0.1
+            for record in records:
+                self.route(record)
+
+    def route(self, record: Record) -> None:
+        """Hand one reply record to its waiter; log and drop anything else."""
+        try:
+            reply = decode_reply(record.value, record.headers)
+        except ProtocolError as exc:
+            logger.warning("dropped malformed reply record %s: %s", record.where, exc)
+            return
+        except Exception:
+            logger.exception("dropped undecodable reply record %s", record.where)
+            return
+        waiter = self._waiters.get(reply.request_id)
+        if waiter is None:
+            logger.debug("dropped reply %s: no call waits for %s", record.where, reply.request_id)
+            return
+        waiter.deliver(reply)

@@ -1,0 +1,190 @@
+"""What a call gives back: a whole ``Response``, or a ``ReplyStream`` read item by item.
+
+Both read like httpx's response (``status_code``, ``headers``, ``text``, ``json()``,
+``raise_for_status()``, ``aiter_lines()``), plus what HTTP cannot say: the request id
+and, when the service failed, the error id it logged. Nothing here talks to a broker;
+a stream pulls its items from its ``ReplyWaiter``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import httpx
+
+from kourier.client.replies import ReplyWaiter
+from kourier.errors import StreamBroken
+from kourier.protocol import Reply
+
+
+class Response:
+    """A complete reply: status, headers and the whole body."""
+
+    def __init__(
+        self,
+        status_code: int,
+        *,
+        headers: httpx.Headers,
+        content: bytes,
+        request_id: str,
+        error_id: str | None = None,
+        responder: str | None = None,
+        method: str = "GET",
+        url: str = "",
+    ) -> None:
+        self.status_code = status_code
+        self.headers = headers
+        self.content = content
+        self.request_id = request_id
+        #: The id under which the service logged its failure (``kourier-error``), if any.
+        self.error_id = error_id
+        #: Which service answered, when it said so (``kourier-from``; scatter-gather).
+        self.responder = responder
+        self._method = method
+        self._url = url
+
+    @classmethod
+    def from_items(cls, items: Sequence[Reply], *, method: str, url: str) -> Response:
+        """Join a reply's items (item 0 first, the end marker last) into one response."""
+        first, last = items[0], items[-1]
+        check_complete(first, last)
+        assert first.status is not None  # decode_reply guarantees it for item 0
+        return cls(
+            first.status,
+            headers=httpx.Headers(first.headers),
+            content=b"".join(item.body for item in items),
+            request_id=first.request_id,
+            error_id=first.error_id or last.error_id,
+            responder=first.responder,
+            method=method,
+            url=url,
+        )
+
+    @property
+    def text(self) -> str:
+        return self.content.decode(charset_of(self.headers), errors="replace")
+
+    def json(self, **kwargs: Any) -> Any:
+        return json.loads(self.content, **kwargs)
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code < 300
+
+    def raise_for_status(self) -> Response:
+        """Raise ``httpx.HTTPStatusError`` for a 4xx or 5xx status, as httpx does."""
+        if self.status_code < 400:
+            return self
+        request = httpx.Request(self._method, self._url or "http://kourier/")
+        response = httpx.Response(
+            self.status_code, headers=self.headers, content=self.content, request=request
+        )
+        kind = "Client error" if self.status_code < 500 else "Server error"
+        message = f"{kind} '{self.status_code} {response.reason_phrase}' for url '{self._url}'"
+        if self.error_id is not None:
+            message += f" (error id {self.error_id})"
+        raise httpx.HTTPStatusError(message, request=request, response=response)
+
+    def __repr__(self) -> str:
+        return f"<Response [{self.status_code}] {self.request_id}>"
+
+
+class ReplyStream:
+    """A reply read item by item, as each record arrives.
+
+    ``status_code`` and ``headers`` come with item 0. Iterating yields the body of each
+    item that has one, in order; items with an empty body (a header-only item 0, a bare
+    end marker) are skipped. Each item after the first must come within ``idle_timeout``
+    seconds of the previous one, or ``ReplyTimeout`` is raised.
+    """
+
+    def __init__(self, waiter: ReplyWaiter, first: Reply, idle_timeout: float) -> None:
+        assert first.status is not None  # decode_reply guarantees it for item 0
+        self.request_id = waiter.request_id
+        self.status_code = first.status
+        self.headers = httpx.Headers(first.headers)
+        self.error_id = first.error_id
+        self._waiter = waiter
+        self._first = first
+        self._pending: Reply | None = first
+        self._idle_timeout = idle_timeout
+        self._ended = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while (item := await self._next_item()) is not None:
+            if item.body:
+                yield item.body
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        async for chunk in self:
+            yield chunk
+
+    async def aiter_lines(self) -> AsyncIterator[str]:
+        """Text lines without their line endings, each as soon as it is complete."""
+        charset = charset_of(self.headers)
+        pending = ""
+        async for chunk in self:
+            pending += chunk.decode(charset, errors="replace")
+            *lines, pending = pending.split("\n")
+            for line in lines:
+                yield line.removesuffix("\r")
+        if pending:
+            yield pending.removesuffix("\r")
+
+    async def aiter_json(self) -> AsyncIterator[Any]:
+        """One JSON value per non-blank line (NDJSON)."""
+        async for line in self.aiter_lines():
+            if line.strip():
+                yield json.loads(line)
+
+    async def aread(self) -> bytes:
+        return b"".join([chunk async for chunk in self])
+
+    async def aclose(self) -> None:
+        """Stop listening: items that still come are dropped."""
+        self._ended = True
+        self._waiter.close()
+
+    async def _next_item(self) -> Reply | None:
+        if self._pending is not None:
+            item, self._pending = self._pending, None
+        elif self._ended:
+            return None
+        else:
+            deadline = asyncio.get_running_loop().time() + self._idle_timeout
+            item = await self._waiter.next(deadline)
+        if item.end:
+            self._ended = True
+            check_complete(self._first, item)
+            self._waiter.close()
+        return item
+
+
+def check_complete(first: Reply, last: Reply) -> None:
+    """Raise ``StreamBroken`` if the end marker says the service failed mid-response.
+
+    A failing service ends a reply it has already started (status below 500) with an
+    error id on the end marker; a 5xx with an error id is a whole error response.
+    """
+    status = first.status or 0
+    if last.end and last.error_id is not None and status < 500:
+        raise StreamBroken(
+            f"the service failed while answering {first.request_id} (error id {last.error_id})"
+        )
+
+
+def charset_of(headers: httpx.Headers) -> str:
+    content_type: str = headers.get("content-type", "")
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.strip().partition("=")
+        if name.lower() == "charset" and value:
+            charset = value.strip('"')
+            try:
+                "".encode(charset)
+            except LookupError:
+                break
+            return charset
+    return "utf-8"

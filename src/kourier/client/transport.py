@@ -1,0 +1,103 @@
+"""An httpx transport over the caller, so httpx code reaches services through Kafka.
+
+``httpx.AsyncClient(transport=KourierTransport(client), base_url="http://orders")``:
+the URL's host names the service, the rest of the request travels as is (minus
+hop-by-hop headers). The response body is streamed item by item, so
+``client.stream(...)`` with ``aiter_lines()`` sees NDJSON lines as they come.
+
+kourier's errors become the httpx exceptions httpx code already catches; a request
+that could never be sent (too large, a reserved ``kourier-`` header) keeps its own
+error. Per-request options go in ``extensions={"kourier": {"key": ..., "request_id":
+...}}``; the response's ``extensions["kourier"]`` holds its request and error ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import httpx
+
+from kourier.client.caller import Client
+from kourier.client.responses import ReplyStream
+from kourier.errors import BrokerError, KourierError, PublishError, ReplyTimeout, StreamBroken
+
+_HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"transfer-encoding", b"upgrade", b"te", b"trailer"}
+)
+
+
+class KourierTransport(httpx.AsyncBaseTransport):
+    """Sends each httpx request as a kourier call through ``client``.
+
+    The transport does not own the client: start and stop it yourself.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        options: dict[str, Any] = request.extensions.get("kourier") or {}
+        timeout = (request.extensions.get("timeout") or {}).get("read")
+        headers = [(n, v) for n, v in request.headers.raw if not _hop_by_hop(n.lower())]
+        body = await request.aread()
+        calls = AsyncExitStack()
+        try:
+            reply = await calls.enter_async_context(
+                self.client.stream(
+                    request.url.host,
+                    request.method,
+                    request.url.raw_path.decode("ascii"),
+                    headers=headers,
+                    content=body,
+                    timeout=timeout,
+                    key=options.get("key"),
+                    request_id=options.get("request_id"),
+                )
+            )
+        except KourierError as exc:
+            raise as_httpx_error(exc, request) from exc
+        return httpx.Response(
+            reply.status_code,
+            headers=reply.headers.raw,
+            stream=ReplyBody(reply, calls, request),
+            extensions={"kourier": {"request_id": reply.request_id, "error_id": reply.error_id}},
+        )
+
+
+class ReplyBody(httpx.AsyncByteStream):
+    """The response body: reply items as they arrive; closing it ends the call."""
+
+    def __init__(self, reply: ReplyStream, call: AsyncExitStack, request: httpx.Request) -> None:
+        self._reply = reply
+        self._call = call
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._reply:
+                yield chunk
+        except KourierError as exc:
+            raise as_httpx_error(exc, self._request) from exc
+
+    async def aclose(self) -> None:
+        await self._call.aclose()
+
+
+def as_httpx_error(error: KourierError, request: httpx.Request) -> Exception:
+    """The httpx exception httpx code expects for ``error``; others stay as they are."""
+    message = str(error)
+    if isinstance(error, ReplyTimeout):
+        return httpx.ReadTimeout(message, request=request)
+    if isinstance(error, PublishError):
+        return httpx.WriteError(message, request=request)
+    if isinstance(error, BrokerError):
+        return httpx.ConnectError(message, request=request)
+    if isinstance(error, StreamBroken):
+        return httpx.RemoteProtocolError(message, request=request)
+    return error
+
+
+def _hop_by_hop(name: bytes) -> bool:
+    return name in _HOP_BY_HOP or name.startswith(b"proxy-")
