@@ -3,13 +3,15 @@
 It consumes a request topic with a group consumer, as a real service does, decodes each
 record with ``protocol.decode_request`` and runs a script (a ``Handler``) that publishes
 whatever reply records the test needs: a whole reply, a stream, late, never, out of
-order, twice, or to another id. Each request is handled in its own task.
+order, twice, or to another id. Each request is handled in its own task. The handler
+factories at the end script a service that fails a caller's first attempts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any
@@ -98,6 +100,8 @@ async def silent(request: Request, replies: Replies) -> None:
 
 def describe(request: Request) -> dict[str, Any]:
     return {
+        "id": request.id,
+        "attempt": request.attempt,
         "method": request.method,
         "path": request.path,
         "query": request.query,
@@ -180,3 +184,32 @@ class FakeService:
                 task = asyncio.create_task(self.handler(request, replies))
                 self._handlers.add(task)
                 task.add_done_callback(self._handlers.discard)
+
+
+# -- services that fail the first attempts of a request id ---------------------------
+
+
+def ignore_first(count: int = 1, then: Handler = echo) -> Handler:
+    """Drop the first ``count`` deliveries of each request id; answer later ones with ``then``."""
+    seen: Counter[str] = Counter()
+
+    async def handler(request: Request, replies: Replies) -> None:
+        seen[request.id] += 1
+        if seen[request.id] > count:
+            await then(request, replies)
+
+    return handler
+
+
+def status_first(status: int, count: int = 1, then: Handler = echo) -> Handler:
+    """Answer the first ``count`` deliveries of each id with ``status``; later ones, ``then``."""
+    seen: Counter[str] = Counter()
+
+    async def handler(request: Request, replies: Replies) -> None:
+        seen[request.id] += 1
+        if seen[request.id] > count:
+            await then(request, replies)
+        else:
+            await replies.json({"attempt": request.attempt}, status=status)
+
+    return handler

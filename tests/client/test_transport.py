@@ -243,5 +243,12 @@ def test_exports_are_complete_and_sorted() -> None:
     """kourier.client exports its public names, sorted, and each one exists."""
     names = kourier.client.__all__
     assert names == sorted(names)
-    assert set(names) == {"Client", "KourierTransport", "ReplyStream", "Response"}
+    assert set(names) == {
+        "Client",
+        "ClientStats",
+        "KourierTransport",
+        "ReplyStream",
+        "Response",
+        "Retry",
+    }
     assert all(hasattr(kourier.client, name) for name in names)

@@ -137,3 +137,34 @@ async def test_the_memory_store_is_bounded_and_expires() -> None:
     await store.put("short", Recorded((reply,), 10), ttl=0.01)
     await asyncio.sleep(0.02)
     assert await store.get("short") is None
+
+
+class SlowStore(MemoryIdempotencyStore):
+    """A store whose look-ups take time, as a networked store's would."""
+
+    async def get(self, key: str) -> Recorded | None:
+        await asyncio.sleep(0.02)
+        return await super().get(key)
+
+
+async def test_concurrent_deliveries_run_once_with_a_slow_store() -> None:
+    """Two deliveries of one request id that overlap run the handler once."""
+    transport = MemoryTransport()
+    await transport.ensure_topics([TopicSpec(SETTINGS.reply_topic, 1)])
+    reader = transport.partition_reader(SETTINGS.reply_topic, 0)
+    await reader.start()
+    service = Service(
+        apps.app,
+        "orders",
+        SETTINGS,
+        transport=MemoryTransport(transport.broker),
+        idempotency_store=SlowStore(),
+    )
+    async with service:
+        w = Wire(transport, reader)
+        apps.counter["n"] = 0
+        first = await w.call("POST", "/count")
+        await w.call("POST", "/count", id=first.id)
+        replies = await w.replies(first.id, ends=2)
+    assert apps.counter["n"] == 1
+    assert [json.loads(r.body) for r in replies] == [{"n": 1}, {"n": 1}]

@@ -1,7 +1,8 @@
 """The caller wing: call services over Kafka natively or through httpx."""
 
-from kourier.client.caller import Client
+from kourier.client.caller import Client, ClientStats
 from kourier.client.responses import ReplyStream, Response
+from kourier.client.retry import Retry
 from kourier.client.transport import KourierTransport
 
-__all__ = ["Client", "KourierTransport", "ReplyStream", "Response"]
+__all__ = ["Client", "ClientStats", "KourierTransport", "ReplyStream", "Response", "Retry"]

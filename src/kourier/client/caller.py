@@ -2,11 +2,14 @@
 
 ``Client`` turns a call into a request record on the service's request topic and
 waits for the reply records in its ``ReplyInbox``. Every call has a deadline, carried
-in the record so the service can skip work nobody waits for any more.
+in the record so the service can skip work nobody waits for any more. A two-way call
+may be repeated under a ``Retry`` policy (``client/retry.py``); its request and
+response pass the caller's hooks (``client/hooks.py``).
 
-It must never retry a two-way call on its own (a retry is a new call: the caller
-decides), never send a record before the call is validated (size, reserved headers),
-and never keep a waiter after its call is over.
+It must never retry a call unless a policy asks for it and the call is safe to repeat
+(see ``retry.py``), never let retries outlive the call's one deadline, never send a
+record before the call is validated (size, reserved headers; after the request hooks
+ran), and never keep a waiter after its call is over.
 """
 
 from __future__ import annotations
@@ -16,17 +19,20 @@ import json as jsonlib
 import logging
 import re
 import warnings
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import httpx
 
 from kourier import protocol
-from kourier.client.replies import ReplyInbox
+from kourier.client.hooks import CallerHooks, Hook
+from kourier.client.replies import ReplyInbox, ReplyWaiter
 from kourier.client.responses import ReplyStream, Response
-from kourier.errors import ReplyTimeout, RequestTooLarge, StreamBroken
-from kourier.protocol import ReplyAddress, Request
+from kourier.client.retry import Retry
+from kourier.errors import ReplyTimeout, RequestTooLarge, SettingsError, StreamBroken
+from kourier.protocol import Reply, ReplyAddress, Request
 from kourier.settings import Settings
 from kourier.transports.base import TopicSpec, Transport
 
@@ -36,10 +42,24 @@ Headers = (
 Primitive = str | int | float | bool | None
 Params = httpx.QueryParams | Mapping[str, Primitive | Sequence[Primitive]] | str
 Key = str | bytes
+#: A call's ``retry``: a policy, ``None`` for the client's default, ``False`` for none.
+RetryOption = Retry | Literal[False] | None
 
 logger = logging.getLogger("kourier.client")
 
 _METHOD = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}$")
+
+
+@dataclass(slots=True)
+class ClientStats:
+    """What a client's calls did since it was made (for metrics to read)."""
+
+    #: Calls validated and handed to the broker: request, stream, gather and send.
+    requests: int = 0
+    #: Attempts after the first one of a call.
+    retries: int = 0
+    #: Calls that ended in ``ReplyTimeout`` waiting for their reply.
+    timeouts: int = 0
 
 
 class Client:
@@ -48,11 +68,24 @@ class Client:
     ``async with Client(settings) as client: await client.request("orders", "GET", "/")``.
     Without ``transport`` it connects to Kafka (``KafkaTransport(settings)``) and owns
     that connection; a transport passed in is used as is and left to its owner to start
-    and stop.
+    and stop. ``retry`` is the default ``Retry`` policy of two-way calls (none: no
+    retries); ``hooks`` maps ``"request"`` and ``"response"`` to lists of callables.
     """
 
-    def __init__(self, settings: Settings | None = None, *, transport: Transport | None = None):
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        transport: Transport | None = None,
+        retry: Retry | None = None,
+        hooks: Mapping[str, Sequence[Hook]] | None = None,
+    ):
+        if retry is not None and not isinstance(retry, Retry):
+            raise SettingsError(f"retry: must be a Retry or None, not {type(retry).__name__}")
         self.settings = settings if settings is not None else Settings.from_env()
+        self.retry = retry
+        self.hooks = CallerHooks(hooks)
+        self.stats = ClientStats()
         self._owns_transport = transport is None
         self.transport = transport if transport is not None else _kafka(self.settings)
         self.inbox = ReplyInbox(self.transport, self.settings)
@@ -108,25 +141,29 @@ class Client:
         timeout: float | None = None,
         key: Key | None = None,
         request_id: str | None = None,
+        retry: RetryOption = None,
     ) -> Response:
         """Call ``service`` and wait for its whole response, until the deadline at most.
 
-        ``timeout`` (default ``settings.default_timeout``) bounds the whole call; after it
-        ``ReplyTimeout`` is raised and a late reply is dropped. ``key`` keeps calls with
-        the same key in order at the service.
+        ``timeout`` (default ``settings.default_timeout``) bounds the whole call, retries
+        included; after it ``ReplyTimeout`` is raised and a late reply is dropped. ``key``
+        keeps calls with the same key in order at the service. ``retry`` overrides the
+        client's default policy (``False``: no retries).
         """
         seconds = self._timeout(timeout)
         deadline = _loop_time() + seconds
-        request = self._request(
+        request = await self._request(
             method, path, headers, content, json, params, key, request_id, seconds, two_way=True
         )
+        policy = self._policy(retry, request)
         topic = self.settings.request_topic(service)
-        with self.inbox.expect(request.id) as waiter:
-            await self._publish(topic, request, deadline)
-            items = [await waiter.next(deadline)]
+        with self.inbox.expect(request.id) as waiter, self._counting_timeouts():
+            items = [await self._first_item(topic, request, waiter, policy, deadline)]
             while not items[-1].end:
                 items.append(await waiter.next(deadline))
-        return Response.from_items(items, method=request.method, url=_url(service, request))
+        response = Response.from_items(items, method=request.method, url=_url(service, request))
+        await self.hooks.emit("response", response)
+        return response
 
     async def send(
         self,
@@ -149,7 +186,7 @@ class Client:
         """
         if timeout is not None:
             timeout = self._timeout(timeout)
-        request = self._request(
+        request = await self._request(
             method, path, headers, content, json, params, key, request_id, timeout, two_way=False
         )
         topic = self.settings.request_topic(service)
@@ -170,22 +207,28 @@ class Client:
         timeout: float | None = None,
         key: Key | None = None,
         request_id: str | None = None,
+        retry: RetryOption = None,
     ) -> AsyncIterator[ReplyStream]:
         """Call ``service`` and read its reply item by item, as the items arrive.
 
         Entering waits for item 0 (status and headers) until the deadline; each later
-        item must come within ``timeout`` of the previous one.
+        item must come within ``timeout`` of the previous one. Retries (``retry``, or the
+        client's default) happen only while entering: once item 0 is in, the stream is
+        the caller's and is never repeated.
         """
         seconds = self._timeout(timeout)
         deadline = _loop_time() + seconds
-        request = self._request(
+        request = await self._request(
             method, path, headers, content, json, params, key, request_id, seconds, two_way=True
         )
+        policy = self._policy(retry, request)
         topic = self.settings.request_topic(service)
         with self.inbox.expect(request.id) as waiter:
-            await self._publish(topic, request, deadline)
-            reply = ReplyStream(waiter, await waiter.next(deadline), seconds)
+            with self._counting_timeouts():
+                first = await self._first_item(topic, request, waiter, policy, deadline)
+            reply = ReplyStream(waiter, first, seconds)
             try:
+                await self.hooks.emit("response", reply)
                 yield reply
             finally:
                 await reply.aclose()
@@ -218,7 +261,7 @@ class Client:
             raise ValueError(f"count must be at least 1, got {count}")
         seconds = self._timeout(timeout)
         deadline = _loop_time() + seconds
-        request = self._request(
+        request = await self._request(
             method, path, headers, content, json, params, key, request_id, seconds, two_way=True
         )
         topic = _gather_topic(self.settings, topic_or_service)
@@ -233,7 +276,10 @@ class Client:
             except StreamBroken as exc:
                 logger.warning("left out a broken reply: %s", exc)
         if not responses:
+            self.stats.timeouts += 1
             raise ReplyTimeout(f"no reply to {request.id} in {seconds}s")
+        for response in responses:
+            await self.hooks.emit("response", response)
         return responses
 
     # -- parts -------------------------------------------------------------------------
@@ -244,7 +290,7 @@ class Client:
             raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
         return seconds
 
-    def _request(
+    async def _request(
         self,
         method: str,
         path: str,
@@ -258,34 +304,139 @@ class Client:
         *,
         two_way: bool,
     ) -> Request:
-        """Build and validate a request; nothing is sent if this raises."""
+        """Build a request, run the request hooks on it, validate it; nothing is sent if
+        this raises."""
         if not self._started:
             raise RuntimeError("the client is not started (use 'async with Client(...)')")
-        if not _METHOD.match(method):
-            raise ValueError(f"{method[:40]!r} is not an HTTP method")
-        if request_id is None:
-            request_id = protocol.new_request_id()
-        elif not protocol.is_valid_request_id(request_id):
-            raise ValueError(f"request id {request_id[:40]!r}: use 1-128 of A-Z a-z 0-9 . _ : -")
         if key is not None and not isinstance(key, str | bytes):
             raise TypeError(f"key must be str or bytes, not {type(key).__name__}")
         user_headers = httpx.Headers(headers)
-        body = _body(content, json, user_headers)
-        if len(body) > self.settings.max_request_bytes:
-            raise RequestTooLarge(
-                f"request body of {len(body)} bytes is larger than max_request_bytes "
-                f"({self.settings.max_request_bytes})"
-            )
-        return Request(
-            id=request_id,
+        request = Request(
+            id=protocol.new_request_id() if request_id is None else request_id,
             method=method.upper(),
             target=_target(path, params),
-            headers=protocol.validate_user_headers(user_headers.raw),
-            body=body,
+            body=_body(content, json, user_headers),
+            headers=list(user_headers.raw),
             deadline_ms=None if timeout is None else protocol.now_ms() + int(timeout * 1000),
             reply_to=self.inbox.address if two_way else None,
             key=key.encode("utf-8") if isinstance(key, str) else key,
         )
+        await self.hooks.emit("request", request)
+        self._validate(request)
+        self.stats.requests += 1
+        return request
+
+    def _validate(self, request: Request) -> None:
+        """Check what the wire format and the broker demand (after the hooks had their say)."""
+        if not _METHOD.match(request.method):
+            raise ValueError(f"{request.method[:40]!r} is not an HTTP method")
+        if not protocol.is_valid_request_id(request.id):
+            raise ValueError(f"request id {request.id[:40]!r}: use 1-128 of A-Z a-z 0-9 . _ : -")
+        if request.key is not None and not isinstance(request.key, bytes):
+            raise TypeError(f"key must be bytes, not {type(request.key).__name__}")
+        if not isinstance(request.body, bytes):
+            raise TypeError(f"body must be bytes, not {type(request.body).__name__}")
+        request.headers = protocol.validate_user_headers(request.headers)
+        if len(request.body) > self.settings.max_request_bytes:
+            raise RequestTooLarge(
+                f"request body of {len(request.body)} bytes is larger than max_request_bytes "
+                f"({self.settings.max_request_bytes})"
+            )
+
+    def _policy(self, retry: RetryOption, request: Request) -> Retry | None:
+        """The retry policy of this call, or None if it must be sent once only."""
+        policy = self.retry if retry is None else retry
+        if policy is False or policy is None:
+            return None
+        if not isinstance(policy, Retry):
+            raise TypeError(f"retry must be a Retry, None or False, not {type(policy).__name__}")
+        if not policy.allows(request):
+            if policy.attempts > 1:
+                logger.debug(
+                    "request %s %s is not safe to repeat: no retries", request.id, request.method
+                )
+            return None
+        return policy
+
+    async def _first_item(
+        self,
+        topic: str,
+        request: Request,
+        waiter: ReplyWaiter,
+        policy: Retry | None,
+        deadline: float,
+    ) -> Reply:
+        """Publish ``request`` and return item 0 of its answer, repeating as ``policy`` says.
+
+        One waiter serves every attempt (they share the request id), so a late answer to
+        an earlier attempt completes the call whenever it comes.
+        """
+        attempts = 1 if policy is None else policy.attempts
+        attempt = 1
+        while True:
+            request.attempt = attempt
+            await self._publish(topic, request, deadline)
+            if policy is None or attempt == attempts:
+                return await waiter.next(deadline)
+            first = await self._attempt(waiter, policy, attempt, deadline)
+            if first is None:
+                reason = "no reply in time"
+            elif await self._should_repeat(first, policy, attempt, deadline):
+                reason = f"status {first.status}"
+                waiter.restart()
+            else:
+                return first
+            attempt += 1
+            self.stats.retries += 1
+            logger.info(
+                "retrying request %s (%s): attempt %d of %d", request.id, reason, attempt, attempts
+            )
+
+    async def _attempt(
+        self, waiter: ReplyWaiter, policy: Retry, attempt: int, deadline: float
+    ) -> Reply | None:
+        """Item 0 if it comes in attempt ``attempt``'s share of the time or the backoff after.
+
+        None means: try again. At the deadline, the attempt's ``ReplyTimeout`` is raised.
+        """
+        now = _loop_time()
+        until = deadline
+        if policy.on_timeout:
+            until = now + policy.share(deadline - now, policy.attempts - attempt + 1)
+        try:
+            return await waiter.next(until)
+        except ReplyTimeout as timeout:
+            # Back off, still listening: the answer to this attempt may yet come.
+            resume = min(_loop_time() + policy.delay(attempt), deadline)
+            late = await _next_before(waiter, resume)
+            if late is None and _loop_time() >= deadline:
+                raise timeout
+            return late
+
+    async def _should_repeat(
+        self, first: Reply, policy: Retry, attempt: int, deadline: float
+    ) -> bool:
+        """Whether ``first`` is an answer worth trying again for; if so, back off first.
+
+        Only a whole reply in one item is repeated: a streamed or split one may still
+        be arriving, and its later items must not mix into the next attempt's. Nor is
+        one repeated when the backoff would reach the deadline: the answer stands.
+        """
+        if first.status not in policy.statuses or not first.end:
+            return False
+        delay = policy.delay(attempt)
+        if _loop_time() + delay >= deadline:
+            return False
+        await asyncio.sleep(delay)
+        return True
+
+    @contextmanager
+    def _counting_timeouts(self) -> Iterator[None]:
+        try:
+            yield
+        except ReplyTimeout:
+            self.stats.timeouts += 1
+            raise
 
     async def _publish(self, topic: str, request: Request, deadline: float | None) -> None:
         """Publish and wait for the broker's ack (for a two-way call, until its deadline)."""
@@ -327,6 +478,14 @@ def _kafka(settings: Settings) -> Transport:
 
 def _loop_time() -> float:
     return asyncio.get_running_loop().time()
+
+
+async def _next_before(waiter: ReplyWaiter, deadline: float) -> Reply | None:
+    """The next reply item if it comes before ``deadline``, else None."""
+    try:
+        return await waiter.next(deadline)
+    except ReplyTimeout:
+        return None
 
 
 def _body(content: bytes | str | None, json: Any, headers: httpx.Headers) -> bytes:

@@ -109,6 +109,14 @@ class ReplyWaiter:
         else:
             logger.debug("dropped duplicate reply item %s of %s", reply.seq, self.request_id)
 
+    def restart(self) -> None:
+        """Forget the items taken so far: a retry's reply starts again at seq 0.
+
+        The waiter stays registered, so nothing addressed to this request id is lost
+        between attempts.
+        """
+        self._orders.clear()
+
     def fail(self, error: KourierError) -> None:
         self._failure = error
         self._changed.set()

@@ -8,7 +8,10 @@ hop-by-hop headers). The response body is streamed item by item, so
 kourier's errors become the httpx exceptions httpx code already catches; a request
 that could never be sent (too large, a reserved ``kourier-`` header) keeps its own
 error. Per-request options go in ``extensions={"kourier": {"key": ..., "request_id":
-...}}``; the response's ``extensions["kourier"]`` holds its request and error ids.
+..., "retry": Retry(...) or False}}`` (without ``retry``, the client's default policy);
+the response's ``extensions["kourier"]`` holds its request and error ids. httpx's own
+``event_hooks`` run in httpx, before this transport sees the request; the client's
+hooks run as for any of its calls.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class KourierTransport(httpx.AsyncBaseTransport):
                     timeout=timeout,
                     key=options.get("key"),
                     request_id=options.get("request_id"),
+                    retry=options.get("retry"),
                 )
             )
         except KourierError as exc:

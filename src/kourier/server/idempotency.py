@@ -91,15 +91,25 @@ class Idempotency:
         self.window = window
         self._running: dict[str, asyncio.Future[Recorded | None]] = {}
 
-    async def recorded(self, key: str) -> Recorded | None:
-        """The recorded response, waiting for a run of the same identity in progress."""
-        running = self._running.get(key)
-        if running is not None:
-            return await asyncio.shield(running)
-        return await self.store.get(key)
+    async def claim(self, key: str) -> Recorded | None:
+        """The recorded response for ``key``, or None after claiming the right to run it.
 
-    def begin(self, key: str) -> None:
-        self._running[key] = asyncio.get_running_loop().create_future()
+        A run of the same identity in progress is waited for. The claim is made with no
+        await between the last look and taking it, so two deliveries never both run.
+        """
+        while True:
+            running = self._running.get(key)
+            if running is not None:
+                recorded = await asyncio.shield(running)
+                if recorded is not None:
+                    return recorded
+                continue  # that run failed: look again, and maybe run it ourselves
+            recorded = await self.store.get(key)
+            if recorded is not None:
+                return recorded
+            if key not in self._running:
+                self._running[key] = asyncio.get_running_loop().create_future()
+                return None
 
     async def finish(self, key: str, items: list[Reply] | None) -> None:
         """Record the outcome (``None``: nothing to record, e.g. the handler failed)."""

@@ -185,13 +185,12 @@ class Service:
             await self._handle_once(request, record)
             return
         key = identity(request)
-        recorded = await gate.recorded(key)
+        recorded = await gate.claim(key)
         if recorded is not None:
             self.stats.duplicates += 1
             logger.info("request %s repeats %s: replaying its response", request.id, key)
             await self._replay(request, recorded)
             return
-        gate.begin(key)
         items: list[Reply] | None = None
         try:
             items = await self._handle_once(request, record)

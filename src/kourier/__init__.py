@@ -1,0 +1,37 @@
+"""kourier: serve ASGI apps over Apache Kafka, and call them with httpx or natively."""
+
+from kourier.client import Client, ClientStats, KourierTransport, ReplyStream, Response, Retry
+from kourier.errors import (
+    BrokerError,
+    KourierError,
+    ProtocolError,
+    PublishError,
+    ReplyTimeout,
+    RequestTooLarge,
+    SettingsError,
+    StreamBroken,
+)
+from kourier.server.serve import Service, serve
+from kourier.settings import Settings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BrokerError",
+    "Client",
+    "ClientStats",
+    "KourierError",
+    "KourierTransport",
+    "ProtocolError",
+    "PublishError",
+    "ReplyStream",
+    "ReplyTimeout",
+    "RequestTooLarge",
+    "Response",
+    "Retry",
+    "Service",
+    "Settings",
+    "SettingsError",
+    "StreamBroken",
+    "serve",
+]

@@ -1,0 +1,342 @@
+"""The ``kourier`` command: run a service, call one, manage topics.
+
+Errors print one clear line (no traceback unless ``--debug``) and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from kourier.errors import KourierError, ReplyTimeout
+from kourier.settings import Settings
+
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 28  # curl's "operation timed out"
+EXIT_HTTP_ERROR = 22  # curl's "HTTP page not retrieved" (with --fail)
+EXIT_BROKER = 7  # curl's "failed to connect"
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def load_app(spec: str, *, factory: bool = False) -> Any:
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CLIError(f"app {spec!r} must be given as 'module:attribute'", EXIT_USAGE)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise CLIError(f"could not import module {module_name!r}", EXIT_USAGE) from exc
+        raise
+    app: Any = module
+    for part in attr.split("."):
+        try:
+            app = getattr(app, part)
+        except AttributeError:
+            raise CLIError(
+                f"module {module_name!r} has no attribute {attr!r}", EXIT_USAGE
+            ) from None
+    if factory:
+        app = app()
+    if not callable(app):
+        raise CLIError(f"{spec!r} is not an ASGI application (not callable)", EXIT_USAGE)
+    return app
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    return Settings.from_env(bootstrap_servers=args.bootstrap_servers, **extra)
+
+
+# -- run ---------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.workers > 1:
+        return _run_workers(args)
+    from kourier.server.serve import serve
+
+    app = load_app(args.app, factory=args.factory)
+    service = args.service or os.environ.get("KOURIER_SERVICE") or _default_service(args.app)
+    settings = _settings(args, concurrency=args.concurrency)
+
+    def ready(instance: object) -> None:
+        logging.getLogger("kourier").info("ready: service %r", service)
+
+    asyncio.run(serve(app, service, settings, http_port=args.http, ready=ready))
+    return 0
+
+
+def _run_workers(args: argparse.Namespace) -> int:
+    """Run N worker processes of the same service; forward signals; wait for all."""
+    argv = [a for a in sys.argv[1:]]
+    index = argv.index("--workers") if "--workers" in argv else -1
+    if index >= 0:
+        del argv[index : index + 2]
+    else:
+        argv = [a for a in argv if not a.startswith("--workers=")]
+    if args.http is not None:
+        raise CLIError("--http with --workers: run one worker per HTTP port", EXIT_USAGE)
+    children = [
+        subprocess.Popen([sys.executable, "-m", "kourier", *argv]) for _ in range(args.workers)
+    ]
+
+    def forward(signum: int, frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, key=abs)
+
+
+def _default_service(spec: str) -> str:
+    return spec.partition(":")[0].rsplit(".", 1)[-1].replace("_", "-")
+
+
+# -- request / send ----------------------------------------------------------------------
+
+
+def _body(args: argparse.Namespace) -> tuple[list[tuple[str, str]], bytes | None]:
+    headers: list[tuple[str, str]] = []
+    for raw in args.header or []:
+        name, sep, value = raw.partition(":")
+        if not sep or not name.strip():
+            raise CLIError(f"header {raw!r} must be 'Name: value'", EXIT_USAGE)
+        headers.append((name.strip(), value.strip()))
+    body: bytes | None = None
+    if args.json is not None:
+        try:
+            json.loads(args.json)
+        except ValueError as exc:
+            raise CLIError(f"--json is not valid JSON: {exc}", EXIT_USAGE) from None
+        body = args.json.encode()
+        headers.append(("content-type", "application/json"))
+    elif args.data is not None:
+        body = args.data.encode()
+    return headers, body
+
+
+def _print_body(content: bytes, content_type: str) -> None:
+    if "json" in content_type:
+        try:
+            print(json.dumps(json.loads(content), indent=2, ensure_ascii=False))
+            return
+        except ValueError:
+            pass
+    sys.stdout.write(content.decode("utf-8", "replace"))
+    if content and not content.endswith(b"\n"):
+        sys.stdout.write("\n")
+
+
+async def _request(args: argparse.Namespace) -> int:
+    from kourier.client import Client
+
+    headers, body = _body(args)
+    settings = _settings(args)
+    async with Client(settings) as client:
+        if args.stream:
+            async with client.stream(
+                args.service,
+                args.method,
+                args.path,
+                headers=headers,
+                content=body,
+                timeout=args.timeout,
+            ) as reply:
+                status = reply.status_code
+                if args.include:
+                    _print_head(status, list(reply.headers.multi_items()))
+                async for item in reply:
+                    sys.stdout.write(item.decode("utf-8", "replace"))
+                    sys.stdout.flush()
+        else:
+            response = await client.request(
+                args.service,
+                args.method,
+                args.path,
+                headers=headers,
+                content=body,
+                timeout=args.timeout,
+            )
+            status = response.status_code
+            if args.include:
+                _print_head(status, list(response.headers.multi_items()))
+            _print_body(response.content, response.headers.get("content-type", ""))
+    if args.fail and status >= 400:
+        return EXIT_HTTP_ERROR
+    return 0
+
+
+def _print_head(status: int, headers: list[tuple[str, str]]) -> None:
+    print(f"status: {status}")
+    for name, value in headers:
+        print(f"{name}: {value}")
+    print()
+
+
+async def _send(args: argparse.Namespace) -> int:
+    from kourier.client import Client
+
+    headers, body = _body(args)
+    async with Client(_settings(args)) as client:
+        request_id = await client.send(
+            args.service, args.method, args.path, headers=headers, content=body
+        )
+    print(f"sent: {request_id}")
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------
+
+EPILOG = """examples:
+  kourier run examples.orders:app
+  kourier request orders GET /orders/17
+  kourier request orders POST /orders --json '{"item": "book"}' -H 'Authorization: Bearer x'
+  kourier request orders GET /orders/feed --stream
+  kourier send orders POST /events --json '{"kind": "ping"}'
+
+Every setting can also come from a KOURIER_<SETTING> environment variable
+(e.g. KOURIER_BOOTSTRAP_SERVERS=127.0.0.1:9092)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kourier",
+        description="Serve ASGI apps over Apache Kafka, and call them.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT[,...]",
+        help="Kafka brokers (default: KOURIER_BOOTSTRAP_SERVERS or 127.0.0.1:9092)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="default: info for run, warning for the other commands",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="serve an ASGI app over Kafka",
+        description="Serve an ASGI app over Kafka, as uvicorn serves it over HTTP.",
+        epilog="example:\n  kourier run examples.orders:app --service orders",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("app", help="the app as module:attribute, e.g. myservice.main:app")
+    run.add_argument(
+        "--service", help="service name (default: KOURIER_SERVICE or the module's last name)"
+    )
+    run.add_argument("--factory", action="store_true", help="call the attribute to get the app")
+    run.add_argument("--concurrency", type=int, help="requests handled at once per instance")
+    run.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="run N processes of the service (each a member of its consumer group)",
+    )
+    run.add_argument(
+        "--http",
+        type=int,
+        metavar="PORT",
+        help="serve the same app over HTTP on PORT as well (during a migration)",
+    )
+    run.set_defaults(func=cmd_run)
+
+    for name, helptext in (
+        ("request", "call a service and print its reply"),
+        ("send", "send a one-way message (returns once the broker has it)"),
+    ):
+        p = sub.add_parser(name, help=helptext, description=helptext)
+        p.add_argument("service")
+        p.add_argument("method", type=str.upper)
+        p.add_argument("path")
+        p.add_argument("-H", "--header", action="append", help="'Name: value' (repeatable)")
+        p.add_argument("--json", help="JSON body (sets content-type)")
+        p.add_argument("-d", "--data", help="raw body")
+        if name == "request":
+            p.add_argument("--timeout", type=float, help="seconds to wait for the reply")
+            p.add_argument("--stream", action="store_true", help="print items as they arrive")
+            p.add_argument("-i", "--include", action="store_true", help="print status, headers")
+            p.add_argument("-f", "--fail", action="store_true", help="exit 22 on status >= 400")
+            p.set_defaults(func=lambda a: asyncio.run(_request(a)))
+        else:
+            p.set_defaults(func=lambda a: asyncio.run(_send(a)))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = args.log_level or ("info" if args.command == "run" else "warning")
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if level != "debug":
+        # aiokafka reports transient broker states (a new topic's leader not yet known,
+        # a rebalance) as errors and retries them itself; kourier reports what matters.
+        quiet = logging.WARNING if args.command == "run" else logging.CRITICAL
+        logging.getLogger("aiokafka").setLevel(quiet)
+    try:
+        code: int = args.func(args)
+        return code
+    except KeyboardInterrupt:
+        return 130
+    except (CLIError, KourierError) as exc:
+        if args.debug:
+            raise
+        code = exc.code if isinstance(exc, CLIError) else _exit_code(exc)
+        print(f"kourier: error: {exc}", file=sys.stderr)
+        return code
+
+
+def _exit_code(exc: KourierError) -> int:
+    from kourier.errors import BrokerError, SettingsError
+
+    if isinstance(exc, ReplyTimeout):
+        return EXIT_TIMEOUT
+    if isinstance(exc, BrokerError):
+        return EXIT_BROKER
+    if isinstance(exc, SettingsError):
+        return EXIT_USAGE
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
