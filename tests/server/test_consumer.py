@@ -199,3 +199,26 @@ async def test_partitions_move_to_a_new_member_after_their_work_is_committed() -
     assert len(handled) == 80, "nothing handled twice without a crash"
     assert {n for n, _ in handled} == {"a", "b"}
     assert sum(broker.committed(GROUP).values()) == 80
+
+
+async def test_a_full_member_keeps_polling_so_rebalances_complete() -> None:
+    """With every slot busy, the member still answers a rebalance (it pauses, not stops)."""
+    _, transport = await _setup(partitions=2)
+    release = asyncio.Event()
+
+    async def blocked(record: Record) -> None:
+        await release.wait()
+
+    for i in range(10):
+        await transport.publish(TOPIC, str(i).encode())
+    first = _consumer(transport, blocked, concurrency=2)
+    await first.start()
+    await _eventually(lambda: first.in_flight == 2 and first.full)
+    second = _consumer(transport, blocked, concurrency=2)
+    await second.start()
+    # The first member must run its revocation (draining for up to 2 s) from its loop.
+    await _eventually(lambda: second.joined and first.joined, timeout=5.0)
+    assert first.assigned and second.assigned
+    release.set()
+    await first.stop()
+    await second.stop()

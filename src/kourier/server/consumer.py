@@ -2,7 +2,8 @@
 
 The rules this module keeps (docs/reliability.md lists the tests behind them):
 - at most ``concurrency`` records are held (running or waiting for their key) at once;
-  past that nothing more is fetched;
+  past that the partitions are paused (polling goes on, so the member stays in its
+  group and answers rebalances) until a handler finishes;
 - records with the same key run one after another in offset order; records without a
   key, or with different keys, run concurrently;
 - a partition's committed offset only ever moves past records whose handler finished:
@@ -83,6 +84,7 @@ class RequestConsumer:
         self._running: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         self._key_queues: dict[tuple[TopicPartition, bytes], deque[Record]] = {}
         self._held = 0
+        self._paused = False
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -99,6 +101,18 @@ class RequestConsumer:
     @property
     def in_flight(self) -> int:
         return self._held
+
+    @property
+    def full(self) -> bool:
+        return self._held >= self._concurrency
+
+    async def lag(self) -> dict[TopicPartition, int]:
+        """Work waiting per partition: records not fetched yet plus those held here."""
+        lag = await self._consumer.lag()
+        for tp, progress in self._progress.items():
+            if tp in lag:
+                lag[tp] += len(progress.pending)
+        return lag
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -123,19 +137,34 @@ class RequestConsumer:
     async def _fetch_loop(self) -> None:
         while not self._stopping.is_set():
             free = self._concurrency - self._held
-            if free <= 0:
-                self._slot_freed.clear()
-                await self._slot_freed.wait()
-                continue
+            if free <= 0 and not self._paused:
+                # Full: pause rather than stop polling. Kafka drops a member that stops
+                # polling, and polling is also how this member takes part in rebalances.
+                self._paused = True
+                self._consumer.pause(self.assigned)
+            elif free > 0 and self._paused:
+                self._paused = False
+                self._consumer.resume(self.assigned)
             try:
-                records = await self._consumer.fetch(free, timeout=0.5)
+                # While paused, only poll (timeout 0): the wait is for a free slot, below.
+                records = await self._consumer.fetch(
+                    max(free, 1), timeout=0.0 if self._paused else 0.5
+                )
             except BrokerError as exc:
                 logger.warning("fetch failed, retrying: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
-            self.last_progress = time.monotonic()
+            if not self._paused:
+                self.last_progress = time.monotonic()
             for record in records:
                 self._accept(record)
+            if self._paused and not records:
+                # Nothing can be taken until a handler finishes: wait for that (or for
+                # the poll interval, so rebalances are still answered).
+                self._slot_freed.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await self._slot_freed.wait()
 
     def _accept(self, record: Record) -> None:
         tp = (record.topic, record.partition)
@@ -173,6 +202,7 @@ class RequestConsumer:
             running.discard(current)
         self._held -= 1
         self.completed += 1
+        self.last_progress = time.monotonic()
         self._slot_freed.set()
         progress = self._progress.get(tp)
         if progress is not None:
@@ -223,6 +253,8 @@ class RequestConsumer:
             self._progress.setdefault(tp, _Progress())
         self.assigned |= partitions
         self.joined = True
+        if self._paused:  # a rebalance forgets pauses
+            self._consumer.pause(partitions)
         logger.info("partitions assigned: %s", _names(partitions))
 
     async def _on_revoked(self, partitions: set[TopicPartition]) -> None:

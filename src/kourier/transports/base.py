@@ -42,12 +42,26 @@ class TopicSpec:
     config: Mapping[str, str] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class TopicInfo:
+    """What the broker says about a topic."""
+
+    name: str
+    partitions: int
+    replication_factor: int
+
+
 class GroupConsumer(ABC):
     """A member of a consumer group: fetches records of its assigned partitions.
 
-    ``on_assigned`` and ``on_revoked`` run inside ``fetch`` (as Kafka runs them inside
-    poll), before any record of the new assignment is returned. Offsets given to
-    ``commit`` are the next offset to read, as in Kafka.
+    The rebalance callbacks may run between or during calls (on Kafka, in the client's
+    background task), but always: ``on_assigned`` finishes before ``fetch`` returns any
+    record of the new assignment; ``on_revoked`` runs before the partitions are given
+    to another member, and ``commit`` works inside it; an exception raised by a callback
+    comes out of the next ``fetch``. ``fetch`` may overrun its timeout while a rebalance
+    is in progress. A rebalance forgets which partitions were paused (as Kafka does):
+    pause again in ``on_assigned`` if needed. Offsets given to ``commit`` are the next
+    offset to read, as in Kafka.
     """
 
     @abstractmethod
@@ -67,6 +81,10 @@ class GroupConsumer(ABC):
     def assignment(self) -> set[TopicPartition]: ...
 
     @abstractmethod
+    async def lag(self) -> dict[TopicPartition, int]:
+        """Records not fetched yet in each assigned partition (end offset - position)."""
+
+    @abstractmethod
     def pause(self, partitions: Collection[TopicPartition]) -> None: ...
 
     @abstractmethod
@@ -74,11 +92,12 @@ class GroupConsumer(ABC):
 
 
 class PartitionReader(ABC):
-    """Reads one partition from its end at ``start`` on, without a group (reply inboxes)."""
+    """Reads one partition without a group: from its end at ``start`` on (reply inboxes),
+    or from its first record (tools such as the dead-letter commands)."""
 
     @abstractmethod
     async def start(self) -> None:
-        """Position at the partition's current end; records published after this are read."""
+        """Fix the position (end or beginning) before returning: nothing after it is missed."""
 
     @abstractmethod
     async def stop(self) -> None: ...
@@ -110,7 +129,9 @@ class Transport(ABC):
 
         Awaiting ``publish`` itself may wait for buffer space (back-pressure). Records
         published to one partition are acknowledged and stored in call order.
-        Raises ``PublishError`` (now or from the awaitable) if the record is refused.
+        Raises ``PublishError`` (now or from the awaitable) if the record is refused or
+        not acknowledged in time. A timeout does not prove the record was not stored:
+        it may still arrive, so a retry needs an idempotency key.
         """
 
     @abstractmethod
@@ -132,7 +153,13 @@ class Transport(ABC):
     ) -> GroupConsumer: ...
 
     @abstractmethod
-    def partition_reader(self, topic: str, partition: int) -> PartitionReader: ...
+    def partition_reader(
+        self, topic: str, partition: int, *, from_beginning: bool = False
+    ) -> PartitionReader: ...
+
+    @abstractmethod
+    async def describe_topics(self, names: Sequence[str]) -> dict[str, TopicInfo]:
+        """Partitions and replication of those of ``names`` that exist."""
 
     @abstractmethod
     async def ping(self, timeout: float) -> bool:

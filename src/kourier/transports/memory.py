@@ -23,6 +23,7 @@ from kourier.transports.base import (
     PartitionReader,
     RebalanceCallback,
     Record,
+    TopicInfo,
     TopicPartition,
     TopicSpec,
     Transport,
@@ -196,7 +197,7 @@ class MemoryGroupConsumer(GroupConsumer):
             self._assigned = set(group.assignment.get(self.member_id, set()))
             for tp in self._assigned:
                 self._positions[tp] = group.committed.get(tp, 0)
-            self._paused &= self._assigned
+            self._paused = set()  # Kafka forgets pauses at a rebalance
             # Kafka calls the assignment callback even with nothing assigned.
             if self._on_assigned is not None:
                 await self._on_assigned(set(self._assigned))
@@ -242,6 +243,9 @@ class MemoryGroupConsumer(GroupConsumer):
     def assignment(self) -> set[TopicPartition]:
         return set(self._assigned)
 
+    async def lag(self) -> dict[TopicPartition, int]:
+        return {tp: self.broker.end_offset(tp) - self._positions[tp] for tp in self._assigned}
+
     def pause(self, partitions: Collection[TopicPartition]) -> None:
         self._paused |= set(partitions) & self._assigned
 
@@ -251,16 +255,19 @@ class MemoryGroupConsumer(GroupConsumer):
 
 
 class MemoryPartitionReader(PartitionReader):
-    def __init__(self, broker: MemoryBroker, topic: str, partition: int) -> None:
+    def __init__(
+        self, broker: MemoryBroker, topic: str, partition: int, from_beginning: bool
+    ) -> None:
         self.broker = broker
         self.tp = (topic, partition)
+        self.from_beginning = from_beginning
         self._position: int | None = None
 
     async def start(self) -> None:
         topic, partition = self.tp
         if topic not in self.broker.topics or partition >= len(self.broker.topics[topic]):
             raise BrokerError(f"no partition {partition} in topic {topic!r}")
-        self._position = self.broker.end_offset(self.tp)
+        self._position = 0 if self.from_beginning else self.broker.end_offset(self.tp)
 
     async def stop(self) -> None:
         self._position = None
@@ -327,8 +334,17 @@ class MemoryTransport(Transport):
     ) -> GroupConsumer:
         return MemoryGroupConsumer(self.broker, topics, group, on_assigned, on_revoked)
 
-    def partition_reader(self, topic: str, partition: int) -> PartitionReader:
-        return MemoryPartitionReader(self.broker, topic, partition)
+    def partition_reader(
+        self, topic: str, partition: int, *, from_beginning: bool = False
+    ) -> PartitionReader:
+        return MemoryPartitionReader(self.broker, topic, partition, from_beginning)
+
+    async def describe_topics(self, names: Sequence[str]) -> dict[str, TopicInfo]:
+        return {
+            name: TopicInfo(name, len(self.broker.topics[name]), 1)
+            for name in names
+            if name in self.broker.topics
+        }
 
     async def ping(self, timeout: float) -> bool:
         return True

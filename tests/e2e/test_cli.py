@@ -1,0 +1,147 @@
+"""The `kourier` command as a user runs it: subprocesses against the real broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import kafka_bootstrap
+from tests.e2e.test_processes import ROOT, ServiceProcess
+
+pytestmark = [pytest.mark.kafka, pytest.mark.e2e, pytest.mark.timeout(180)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return {
+        **os.environ,
+        "KOURIER_BOOTSTRAP_SERVERS": kafka_bootstrap(),
+        "KOURIER_TOPIC_PREFIX": f"cli{uuid.uuid4().hex[:8]}.",
+        "KOURIER_E2E_DIR": str(tmp_path_factory.mktemp("cli")),
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+@pytest.fixture(scope="module")
+def http_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def service(env: dict[str, str], http_port: int) -> Iterator[ServiceProcess]:
+    process = ServiceProcess(env, "--http", str(http_port))
+    try:
+        assert process.ready.wait(60), "".join(process.lines[-20:])
+        yield process
+    finally:
+        process.stop()
+
+
+def kourier(
+    env: dict[str, str], *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kourier", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_request_prints_the_json_reply(service: ServiceProcess, env: dict[str, str]) -> None:
+    """`kourier request` sends JSON and pretty-prints the JSON it gets back."""
+    result = kourier(env, "request", "e2e", "POST", "/echo", "--json", '{"a": 1}', "-i")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("status: 200\n")
+    body = result.stdout.split("\n\n", 1)[1]
+    assert json.loads(body)["echo"] == {"a": 1}
+    assert '\n  "echo"' in body, "pretty-printed"
+
+
+def test_request_stream_prints_items_as_they_come(
+    service: ServiceProcess, env: dict[str, str]
+) -> None:
+    """`--stream` prints each NDJSON item of a streamed reply."""
+    result = kourier(env, "request", "e2e", "GET", "/items?n=3&tag=t", "--stream")
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [
+        {"tag": "t", "i": i} for i in range(3)
+    ]
+
+
+def test_send_returns_the_request_id_and_the_handler_runs(
+    service: ServiceProcess, env: dict[str, str]
+) -> None:
+    """`kourier send` prints the id once the broker has the message; the service handles it."""
+    result = kourier(env, "send", "e2e", "POST", "/record", "--json", '{"id": "from-cli"}')
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("sent: ")
+    log_dir = Path(env["KOURIER_E2E_DIR"])
+    for _ in range(100):
+        handled = "".join(p.read_text() for p in log_dir.glob("handled-*.log"))
+        if "from-cli" in handled:
+            break
+        subprocess.run(["sleep", "0.1"], check=True)
+    assert "from-cli" in handled
+
+
+def test_fail_gives_exit_22_on_an_error_status(
+    service: ServiceProcess, env: dict[str, str]
+) -> None:
+    """With --fail, a 404 exits 22 as curl does; without it, 0."""
+    assert kourier(env, "request", "e2e", "GET", "/nowhere", "--fail").returncode == 22
+    assert kourier(env, "request", "e2e", "GET", "/nowhere").returncode == 0
+
+
+def test_a_timeout_exits_28_with_one_line(env: dict[str, str]) -> None:
+    """Nobody serves the service: the call times out with curl's exit code and no traceback."""
+    result = kourier(env, "request", "nobody-home", "GET", "/", "--timeout", "1")
+    assert result.returncode == 28
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_usage_errors_are_one_clear_line(env: dict[str, str]) -> None:
+    """Bad JSON, a bad app path and a bad setting each print one line and exit 2."""
+    bad_json = kourier(env, "request", "e2e", "POST", "/echo", "--json", "{nope")
+    assert bad_json.returncode == 2 and "--json is not valid JSON" in bad_json.stderr
+    bad_app = kourier(env, "run", "no_such_module:app")
+    assert bad_app.returncode == 2 and "could not import module" in bad_app.stderr
+    bad_setting = kourier({**env, "KOURIER_CONCURRENCY": "lots"}, "send", "e2e", "GET", "/")
+    assert bad_setting.returncode == 2 and "concurrency" in bad_setting.stderr
+    for result in (bad_json, bad_app, bad_setting):
+        assert "Traceback" not in result.stderr
+
+
+def test_an_unreachable_broker_fails_fast(env: dict[str, str]) -> None:
+    """A closed broker port gives exit 7 and a one-line error, not a hang."""
+    closed = {**env, "KOURIER_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}
+    result = kourier(closed, "request", "e2e", "GET", "/", timeout=60)
+    assert result.returncode == 7, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_same_app_answers_http_during_a_migration(
+    service: ServiceProcess, http_port: int
+) -> None:
+    """`kourier run --http PORT` serves the app over plain HTTP as well."""
+    response = httpx.post(f"http://127.0.0.1:{http_port}/echo", json={"b": 2}, timeout=10)
+    assert response.status_code == 200
+    assert response.json()["echo"] == {"b": 2}
