@@ -42,8 +42,13 @@ async def items(request: Request) -> Response:
     return StreamingResponse(generate(), media_type="application/x-ndjson")
 
 
+async def fail(request: Request) -> Response:
+    return JSONResponse({"detail": "always fails"}, status_code=500)
+
+
 app = Starlette(
     routes=[
+        Route("/fail", fail, methods=["POST"]),
         Route("/echo", echo, methods=["POST"]),
         Route("/record", record, methods=["POST"]),
         Route("/items", items),

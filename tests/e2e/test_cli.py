@@ -33,6 +33,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "KOURIER_BOOTSTRAP_SERVERS": kafka_bootstrap(),
         "KOURIER_TOPIC_PREFIX": f"cli{uuid.uuid4().hex[:8]}.",
         "KOURIER_E2E_DIR": str(tmp_path_factory.mktemp("cli")),
+        "KOURIER_RETRY_BACKOFF": "0.05",
         "PYTHONPATH": str(ROOT),
     }
 
@@ -145,3 +146,41 @@ def test_the_same_app_answers_http_during_a_migration(
     response = httpx.post(f"http://127.0.0.1:{http_port}/echo", json={"b": 2}, timeout=10)
     assert response.status_code == 200
     assert response.json()["echo"] == {"b": 2}
+
+
+def test_topics_ensure_and_describe(env: dict[str, str]) -> None:
+    """`topics ensure` creates a service's topics; `describe` shows their partitions."""
+    assert kourier(env, "topics", "describe", "fresh").returncode == 1
+    created = kourier({**env, "KOURIER_PARTITIONS": "2"}, "topics", "ensure", "fresh")
+    assert created.returncode == 0, created.stderr
+    prefix = env["KOURIER_TOPIC_PREFIX"]
+    assert f"{prefix}fresh.requests: 2 partitions, replication factor 1" in created.stdout
+    assert f"{prefix}fresh.dead-letters: 2 partitions" in created.stdout
+    described = kourier(env, "topics", "describe", "fresh")
+    assert described.returncode == 0 and described.stdout == created.stdout
+
+
+def test_dead_letters_list_and_replay(service: ServiceProcess, env: dict[str, str]) -> None:
+    """A failing one-way message is dead-lettered, listed, and replayed by position."""
+    sent = kourier(env, "send", "e2e", "POST", "/fail", "--json", "{}")
+    request_id = sent.stdout.split()[-1]
+    letters: list[dict[str, object]] = []
+    for _ in range(100):
+        listed = kourier(env, "dead-letters", "list", "e2e", "--json")
+        letters = [json.loads(line) for line in listed.stdout.splitlines()]
+        if letters:
+            break
+    [letter] = letters
+    assert letter["request_id"] == request_id
+    assert letter["attempts"] == 3
+    assert "status 500" in str(letter["reason"])
+    replayed = kourier(env, "dead-letters", "replay", "e2e", "--position", str(letter["position"]))
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout.startswith("replayed 1 dead letters")
+    for _ in range(100):
+        listed = kourier(env, "dead-letters", "list", "e2e", "--json")
+        if len(listed.stdout.splitlines()) == 2:
+            break
+    assert len(listed.stdout.splitlines()) == 2, "the replayed message failed again"
+    nothing = kourier(env, "dead-letters", "replay", "e2e")
+    assert nothing.returncode == 2 and "--position" in nothing.stderr
