@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from kourier.errors import KourierError, ReplyTimeout
+from kourier.ops.logging import configure_logging
 from kourier.settings import Settings
 from kourier.transports.base import Transport
 
@@ -92,8 +93,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     def ready(instance: object) -> None:
         logging.getLogger("kourier").info("ready: service %r", service)
 
-    asyncio.run(serve(app, service, settings, http_port=args.http, ready=ready))
+    health_port = args.health_port
+    if health_port is None and os.environ.get("KOURIER_HEALTH_PORT"):
+        health_port = _port(os.environ["KOURIER_HEALTH_PORT"], "KOURIER_HEALTH_PORT")
+    asyncio.run(
+        serve(
+            app,
+            service,
+            settings,
+            http_port=args.http,
+            health_port=health_port,
+            stall_timeout=args.stall_timeout,
+            ready=ready,
+        )
+    )
     return 0
+
+
+def _port(text: str, name: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise CLIError(f"{name}: {text!r} is not a port number", EXIT_USAGE)
+    return int(text)
 
 
 def _run_workers(args: argparse.Namespace) -> int:
@@ -354,6 +374,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="run N processes of the service (each a member of its consumer group)",
     )
     run.add_argument(
+        "--health-port",
+        type=int,
+        metavar="PORT",
+        help="serve /livez, /readyz and /metrics on PORT (default: KOURIER_HEALTH_PORT; none)",
+    )
+    run.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="liveness fails after this long without progress while work waits "
+        "(keep it above drain timeout + 30 s: a rebalance may wait that long; default 120)",
+    )
+    run.add_argument(
         "--http",
         type=int,
         metavar="PORT",
@@ -418,11 +452,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = args.log_level or ("info" if args.command == "run" else "warning")
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    try:
+        configure_logging(level.upper())  # text, or JSON lines with KOURIER_LOG_FORMAT=json
+    except ValueError as exc:
+        print(f"kourier: error: KOURIER_LOG_FORMAT: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if level != "debug":
         # aiokafka reports transient broker states (a new topic's leader not yet known,
         # a rebalance) as errors and retries them itself; kourier reports what matters.

@@ -44,8 +44,13 @@ def http_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def service(env: dict[str, str], http_port: int) -> Iterator[ServiceProcess]:
-    process = ServiceProcess(env, "--http", str(http_port))
+def health_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def service(env: dict[str, str], http_port: int, health_port: int) -> Iterator[ServiceProcess]:
+    process = ServiceProcess(env, "--http", str(http_port), "--health-port", str(health_port))
     try:
         assert process.ready.wait(60), "".join(process.lines[-20:])
         yield process
@@ -184,3 +189,24 @@ def test_dead_letters_list_and_replay(service: ServiceProcess, env: dict[str, st
     assert len(listed.stdout.splitlines()) == 2, "the replayed message failed again"
     nothing = kourier(env, "dead-letters", "replay", "e2e")
     assert nothing.returncode == 2 and "--position" in nothing.stderr
+
+
+def test_probes_and_metrics_of_a_running_service(
+    service: ServiceProcess, env: dict[str, str], health_port: int
+) -> None:
+    """/readyz and /livez answer 200, and /metrics counts the requests by route template."""
+    base = f"http://127.0.0.1:{health_port}"
+    for _ in range(3):
+        assert kourier(env, "request", "e2e", "GET", "/items?n=1&tag=m").returncode == 0
+    assert httpx.get(f"{base}/readyz", timeout=5).status_code == 200
+    assert httpx.get(f"{base}/livez", timeout=5).status_code == 200
+    metrics = httpx.get(f"{base}/metrics", timeout=5).text
+    line = next(
+        line
+        for line in metrics.splitlines()
+        if line.startswith("kourier_requests_total{") and 'route="/items"' in line
+    )
+    assert 'method="GET"' in line and 'status="200"' in line
+    assert float(line.rsplit(" ", 1)[1]) >= 3
+    assert "kourier_consumer_lag{" in metrics
+    assert "kourier_handler_seconds_bucket{" in metrics

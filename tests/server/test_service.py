@@ -200,3 +200,16 @@ async def test_an_app_without_lifespan_support_is_still_served() -> None:
 
     async with Service(bare, "bare", SETTINGS, transport=MemoryTransport()) as service:  # type: ignore[arg-type]
         assert service.ready.is_set()
+
+
+async def test_an_app_that_returns_on_the_lifespan_scope_is_served_at_once() -> None:
+    """A bare app that just returns for non-HTTP scopes starts without waiting."""
+
+    async def bare(scope: dict[str, object], receive: object, send: object) -> None:
+        if scope["type"] != "http":
+            return
+
+    service = Service(bare, "bare", SETTINGS, transport=MemoryTransport())  # type: ignore[arg-type]
+    async with asyncio.timeout(5):
+        await service.start()
+    await service.stop()

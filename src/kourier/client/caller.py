@@ -20,18 +20,21 @@ import logging
 import re
 import warnings
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
 
 from kourier import protocol
+from kourier.client.calls import Call, observed_call
 from kourier.client.hooks import CallerHooks, Hook
 from kourier.client.replies import ReplyInbox, ReplyWaiter
 from kourier.client.responses import ReplyStream, Response
 from kourier.client.retry import Retry
 from kourier.errors import ReplyTimeout, RequestTooLarge, SettingsError, StreamBroken
+from kourier.ops.metrics import ClientMetrics
+from kourier.ops.tracing import inject
 from kourier.protocol import Reply, ReplyAddress, Request
 from kourier.settings import Settings
 from kourier.transports.base import TopicSpec, Transport
@@ -79,6 +82,7 @@ class Client:
         transport: Transport | None = None,
         retry: Retry | None = None,
         hooks: Mapping[str, Sequence[Hook]] | None = None,
+        metrics: ClientMetrics | None = None,
     ):
         if retry is not None and not isinstance(retry, Retry):
             raise SettingsError(f"retry: must be a Retry or None, not {type(retry).__name__}")
@@ -86,6 +90,7 @@ class Client:
         self.retry = retry
         self.hooks = CallerHooks(hooks)
         self.stats = ClientStats()
+        self.metrics = metrics
         self._owns_transport = transport is None
         self.transport = transport if transport is not None else _kafka(self.settings)
         self.inbox = ReplyInbox(self.transport, self.settings)
@@ -152,16 +157,28 @@ class Client:
         """
         seconds = self._timeout(timeout)
         deadline = _loop_time() + seconds
-        request = await self._request(
-            method, path, headers, content, json, params, key, request_id, seconds, two_way=True
-        )
-        policy = self._policy(retry, request)
         topic = self.settings.request_topic(service)
-        with self.inbox.expect(request.id) as waiter, self._counting_timeouts():
-            items = [await self._first_item(topic, request, waiter, policy, deadline)]
-            while not items[-1].end:
-                items.append(await waiter.next(deadline))
-        response = Response.from_items(items, method=request.method, url=_url(service, request))
+        with self._call(service, method, path, topic) as call:
+            request = await self._request(
+                method,
+                path,
+                headers,
+                content,
+                json,
+                params,
+                key,
+                request_id,
+                seconds,
+                two_way=True,
+            )
+            call.request_id(request.id)
+            policy = self._policy(retry, request)
+            with self.inbox.expect(request.id) as waiter, self._counting_timeouts():
+                items = [await self._first_item(topic, request, waiter, policy, deadline)]
+                while not items[-1].end:
+                    items.append(await waiter.next(deadline))
+            response = Response.from_items(items, method=request.method, url=_url(service, request))
+            call.status(response.status_code)
         await self.hooks.emit("response", response)
         return response
 
@@ -186,11 +203,22 @@ class Client:
         """
         if timeout is not None:
             timeout = self._timeout(timeout)
-        request = await self._request(
-            method, path, headers, content, json, params, key, request_id, timeout, two_way=False
-        )
         topic = self.settings.request_topic(service)
-        await self._publish(topic, request, None)
+        with self._call(service, method, path, topic, one_way=True) as call:
+            request = await self._request(
+                method,
+                path,
+                headers,
+                content,
+                json,
+                params,
+                key,
+                request_id,
+                timeout,
+                two_way=False,
+            )
+            call.request_id(request.id)
+            await self._publish(topic, request, None)
         return request.id
 
     @asynccontextmanager
@@ -218,14 +246,33 @@ class Client:
         """
         seconds = self._timeout(timeout)
         deadline = _loop_time() + seconds
-        request = await self._request(
-            method, path, headers, content, json, params, key, request_id, seconds, two_way=True
-        )
-        policy = self._policy(retry, request)
         topic = self.settings.request_topic(service)
-        with self.inbox.expect(request.id) as waiter:
-            with self._counting_timeouts():
-                first = await self._first_item(topic, request, waiter, policy, deadline)
+        # The call's span ends when item 0 arrives: a span left open across the yield
+        # would stay current in the caller's code for as long as it reads the stream.
+        with self._call(service, method, path, topic) as call:
+            request = await self._request(
+                method,
+                path,
+                headers,
+                content,
+                json,
+                params,
+                key,
+                request_id,
+                seconds,
+                two_way=True,
+            )
+            call.request_id(request.id)
+            policy = self._policy(retry, request)
+            waiter = self.inbox.expect(request.id)
+            try:
+                with self._counting_timeouts():
+                    first = await self._first_item(topic, request, waiter, policy, deadline)
+            except BaseException:
+                waiter.close()
+                raise
+            call.status(first.status or 0)
+        with waiter:
             reply = ReplyStream(waiter, first, seconds)
             try:
                 await self.hooks.emit("response", reply)
@@ -261,13 +308,25 @@ class Client:
             raise ValueError(f"count must be at least 1, got {count}")
         seconds = self._timeout(timeout)
         deadline = _loop_time() + seconds
-        request = await self._request(
-            method, path, headers, content, json, params, key, request_id, seconds, two_way=True
-        )
         topic = _gather_topic(self.settings, topic_or_service)
-        with self.inbox.expect(request.id, gather=True) as waiter:
-            await self._publish(topic, request, deadline)
-            replies = await waiter.gather(count, deadline)
+        with self._call(topic_or_service, method, path, topic) as call:
+            request = await self._request(
+                method,
+                path,
+                headers,
+                content,
+                json,
+                params,
+                key,
+                request_id,
+                seconds,
+                two_way=True,
+            )
+            call.request_id(request.id)
+            with self.inbox.expect(request.id, gather=True) as waiter:
+                await self._publish(topic, request, deadline)
+                replies = await waiter.gather(count, deadline)
+            call.status(200 if replies else 0)
         url = f"kourier://{topic}{request.target}"
         responses = []
         for items in replies:
@@ -283,6 +342,11 @@ class Client:
         return responses
 
     # -- parts -------------------------------------------------------------------------
+
+    def _call(
+        self, service: str, method: str, path: str, topic: str, *, one_way: bool = False
+    ) -> AbstractContextManager[Call]:
+        return observed_call(self.metrics, service, method, path, topic, one_way=one_way)
 
     def _timeout(self, timeout: float | None) -> float:
         seconds = self.settings.default_timeout if timeout is None else timeout
@@ -316,7 +380,8 @@ class Client:
             method=method.upper(),
             target=_target(path, params),
             body=_body(content, json, user_headers),
-            headers=list(user_headers.raw),
+            # The current span (the call's) travels as W3C trace context headers.
+            headers=inject(list(user_headers.raw)),
             deadline_ms=None if timeout is None else protocol.now_ms() + int(timeout * 1000),
             reply_to=self.inbox.address if two_way else None,
             key=key.encode("utf-8") if isinstance(key, str) else key,

@@ -92,8 +92,10 @@ class RequestConsumer:
         #: Monotonic time of the last fetch that returned, for liveness checks.
         self.last_progress = time.monotonic()
         self.assigned: set[TopicPartition] = set()
-        #: True once the group gave this member an assignment (possibly empty: a group
-        #: with more members than partitions leaves some idle, and they are healthy).
+        #: True once the group first gave this member an assignment (possibly empty: a
+        #: group with more members than partitions leaves some idle, and they are
+        #: healthy), until stop. It stays True through later rebalances, so readiness
+        #: does not flap on every pod a rolling deploy adds.
         self.joined = False
         self.fetched = 0
         self.completed = 0
@@ -131,6 +133,7 @@ class RequestConsumer:
         await self._drain(set(self._progress))
         await self._commit()
         await self._consumer.stop()
+        self.joined = False
 
     # -- fetching ----------------------------------------------------------------------
 
@@ -267,7 +270,6 @@ class RequestConsumer:
             for chain in [c for c in self._key_queues if c[0] == tp]:
                 self._held -= len(self._key_queues.pop(chain))
         self.assigned -= partitions
-        self.joined = False
         self._slot_freed.set()
 
     async def _drain(self, partitions: set[TopicPartition]) -> None:

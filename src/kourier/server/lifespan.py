@@ -40,6 +40,10 @@ class Lifespan:
             await self._app(scope, self._inbox.get, self._outbox.put)
         except Exception as exc:
             await self._outbox.put({"type": "kourier.lifespan.error", "error": exc})
+        else:
+            # Returning without a word (``if scope["type"] != "http": return``) is how
+            # many bare apps say they do not speak lifespan.
+            await self._outbox.put({"type": "kourier.lifespan.returned"})
 
     async def startup(self, timeout: float = 60.0) -> None:
         self._task = asyncio.create_task(self._main(), name="kourier-lifespan")
@@ -50,9 +54,10 @@ class Lifespan:
             return
         if kind == "lifespan.startup.failed":
             raise LifespanFailed(f"app startup failed: {message.get('message', '')}")
-        # The app raised before answering: it does not speak lifespan.
+        # The app raised or returned before answering: it does not speak lifespan.
         self.supported = False
-        logger.info("app does not support the ASGI lifespan protocol (%s)", message.get("error"))
+        reason = message.get("error") or "it returned on the lifespan scope"
+        logger.info("app does not support the ASGI lifespan protocol (%s)", reason)
 
     async def shutdown(self, timeout: float = 30.0) -> None:
         if self._task is None:

@@ -17,6 +17,9 @@ from typing import Any
 
 from kourier import protocol
 from kourier.errors import KourierError, ProtocolError
+from kourier.ops.health import HealthServer
+from kourier.ops.logging import bind_request, service_var
+from kourier.ops.tracing import TracingMiddleware
 from kourier.protocol import Reply, ReplyAddress, Request
 from kourier.server.asgi import JSON_HEADERS, ASGIApp, error_body, run_app
 from kourier.server.consumer import RequestConsumer
@@ -73,10 +76,11 @@ class Service:
         hooks: Mapping[str, Sequence[Hook]] | Hooks | None = None,
         idempotency_store: IdempotencyStore | None = None,
     ) -> None:
-        self.app = app
         self.hooks = hooks if isinstance(hooks, Hooks) else Hooks(hooks)
         self.name = check_service_name(service)
         self.settings = settings or Settings.from_env()
+        #: The app as served: wrapped in a tracing span when OpenTelemetry is installed.
+        self.app: ASGIApp = TracingMiddleware(app, self.name, topic=self.request_topic)
         self.transport = transport or _kafka_transport(self.settings)
         self.stats = ServiceStats()
         self.ready = asyncio.Event()
@@ -169,6 +173,10 @@ class Service:
         except ProtocolError as exc:
             await self._reject(record, exc)
             return
+        with bind_request(request.id, self.name):
+            await self._handle_request(request, record)
+
+    async def _handle_request(self, request: Request, record: Record) -> None:
         if request.deadline_ms is not None and protocol.now_ms() > request.deadline_ms:
             self._expired(request)
             await self.hooks.emit("expired", RequestEvent(self.name, request, record))
@@ -395,13 +403,24 @@ async def serve(
     hooks: Mapping[str, Sequence[Hook]] | Hooks | None = None,
     http_port: int | None = None,
     http_host: str = "0.0.0.0",
+    health_port: int | None = None,
+    health_host: str = "0.0.0.0",
+    stall_timeout: float = 120.0,
     ready: Callable[[Service], object] | None = None,
 ) -> None:
     """Serve ``app`` as ``service`` until SIGTERM or SIGINT; a second signal stops at once.
 
-    With ``http_port`` the same app answers HTTP on that port as well (migration).
+    With ``http_port`` the same app answers HTTP on that port as well (migration). With
+    ``health_port``, ``/livez``, ``/readyz`` and ``/metrics`` answer on that port from
+    before the service starts until after it has stopped.
     """
+    service_var.set(service)
     instance = Service(app, service, settings, transport=transport, hooks=hooks)
+    health: HealthServer | None = None
+    if health_port is not None:
+        health = HealthServer(instance, health_port, health_host, stall_timeout=stall_timeout)
+        await health.start()
+        logger.info("health and metrics on %s:%d", health_host, health.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = 0
@@ -422,7 +441,7 @@ async def serve(
     try:
         await instance.start()
         if http_port is not None:
-            http = HttpSide(app, http_port, http_host, instance.lifespan_state)
+            http = HttpSide(instance.app, http_port, http_host, instance.lifespan_state)
             await http.start()
             logger.info("serving HTTP on %s:%d as well", http_host, http.port)
         if ready is not None:
@@ -435,3 +454,5 @@ async def serve(
         if http is not None:
             await http.stop()
         await instance.stop()
+        if health is not None:
+            await health.stop()

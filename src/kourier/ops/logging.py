@@ -1,0 +1,115 @@
+"""Structured logs that carry the request id: a context variable, a filter, a JSON format.
+
+The service binds the request id (``bind_request``) while it handles a request; every
+log line written meanwhile, by kourier or by the app, gets ``record.request_id`` and
+``record.service`` from ``RequestContextFilter``. ``KOURIER_LOG_FORMAT=json`` turns
+``configure_logging`` into one JSON object per line. Outside a request both are ``-``
+in text and ``null`` in JSON.
+
+It must never format or log header values or bodies: a request id and a service name
+are all it adds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import IO
+
+request_id_var: ContextVar[str | None] = ContextVar("kourier_request_id", default=None)
+service_var: ContextVar[str | None] = ContextVar("kourier_service", default=None)
+
+#: What a record carries when no request is being handled.
+NO_VALUE = "-"
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(service)s %(request_id)s] %(message)s"
+FORMATS = ("text", "json")
+
+
+@contextlib.contextmanager
+def bind_request(request_id: str, service: str | None = None) -> Iterator[None]:
+    """Log lines written inside the block (and in tasks started there) carry the id."""
+    id_token = request_id_var.set(request_id)
+    service_token = service_var.set(service) if service is not None else None
+    try:
+        yield
+    finally:
+        request_id_var.reset(id_token)
+        if service_token is not None:
+            service_var.reset(service_token)
+
+
+class RequestContextFilter(logging.Filter):
+    """Adds ``request_id`` and ``service`` to every record; never drops one.
+
+    Put it on a handler, not a logger: a logger's filters do not see the records its
+    children propagate to it.
+    """
+
+    def __init__(self, service: str | None = None) -> None:
+        super().__init__()
+        self.service = service
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id_var.get() or NO_VALUE
+        if not hasattr(record, "service"):
+            record.service = service_var.get() or self.service or NO_VALUE
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request_id, service."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": _value(record, "request_id"),
+            "service": _value(record, "service"),
+        }
+        if record.exc_info:
+            payload["exc_info"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            payload["stack_info"] = self.formatStack(record.stack_info)
+        return json.dumps(payload, ensure_ascii=False, default=str)
+
+
+def _value(record: logging.LogRecord, name: str) -> str | None:
+    value = getattr(record, name, None)
+    return None if value in (None, NO_VALUE) else str(value)
+
+
+def configure_logging(
+    level: int | str = "INFO",
+    *,
+    service: str | None = None,
+    fmt: str | None = None,
+    stream: IO[str] | None = None,
+) -> logging.Handler:
+    """Log to ``stream`` (stderr) through the root logger, as text or JSON.
+
+    ``fmt`` is ``"text"`` or ``"json"``; by default ``KOURIER_LOG_FORMAT`` decides (text
+    if unset). Calling it again replaces the handler it installed before. Returns the
+    handler, so that a caller (or a test) can remove it.
+    """
+    chosen = (fmt or os.environ.get("KOURIER_LOG_FORMAT") or "text").strip().lower()
+    if chosen not in FORMATS:
+        raise ValueError(f"log format {chosen!r}: choose from {', '.join(FORMATS)}")
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.addFilter(RequestContextFilter(service))
+    handler.setFormatter(JsonFormatter() if chosen == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.set_name("kourier")
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == "kourier"]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler

@@ -1,0 +1,86 @@
+"""Structured logs: every line written while a request is handled carries its id."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from kourier.client.caller import Client
+from kourier.ops.logging import (
+    JsonFormatter,
+    RequestContextFilter,
+    bind_request,
+    configure_logging,
+)
+from kourier.server.serve import Service
+from kourier.settings import Settings
+from kourier.transports.memory import MemoryBroker, MemoryTransport
+from tests.ops.apps import orders_app, with_request_id
+
+
+@pytest.fixture
+def log() -> Iterator[io.StringIO]:
+    """The root logger's output as JSON lines, for one test."""
+    stream = io.StringIO()
+    root = logging.getLogger()
+    level = root.level
+    handler = configure_logging("INFO", fmt="json", stream=stream)
+    yield stream
+    root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+async def test_log_lines_of_a_request_carry_its_id_and_the_service(
+    settings: Settings, broker: MemoryBroker, client: Client, log: io.StringIO
+) -> None:
+    """A handler's log lines, exceptions included, name the request and the service."""
+    app, _ = orders_app()
+    # with_request_id stands in for the binding the service will do itself.
+    bound = with_request_id(app, "orders")
+    async with Service(bound, "orders", settings, transport=MemoryTransport(broker)):
+        await client.request("orders", "GET", "/orders/7", request_id="lookup-7")
+        await client.request("orders", "GET", "/oops", request_id="oops-1")
+    records = lines(log)
+    [lookup] = [r for r in records if r["message"] == "looking up order 7"]
+    assert lookup["request_id"] == "lookup-7"
+    assert lookup["service"] == "orders"
+    assert lookup["level"] == "INFO" and lookup["logger"] == "tests.orders"
+    assert str(lookup["time"]).endswith("+00:00")
+    [failure] = [r for r in records if r["message"] == "could not reserve stock"]
+    assert failure["request_id"] == "oops-1" and failure["level"] == "ERROR"
+    assert "ValueError: no such warehouse" in str(failure["exc_info"])
+
+
+def test_outside_a_request_text_shows_a_dash_and_json_null() -> None:
+    """Without a request the id is '-' in text and null in JSON; bound, it is the id."""
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello %s", ("you",), None)
+    RequestContextFilter().filter(record)
+    assert json.loads(JsonFormatter().format(record))["request_id"] is None
+    text = logging.Formatter("[%(service)s %(request_id)s] %(message)s")
+    assert text.format(record) == "[- -] hello you"
+    bound = logging.LogRecord("x", logging.INFO, __file__, 1, "hello", (), None)
+    with bind_request("r-1", "orders"):
+        RequestContextFilter().filter(bound)
+    assert text.format(bound) == "[orders r-1] hello"
+
+
+def test_the_log_format_comes_from_kourier_log_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    """KOURIER_LOG_FORMAT=json selects JSON lines; an unknown format is refused."""
+    root = logging.getLogger()
+    monkeypatch.setenv("KOURIER_LOG_FORMAT", "json")
+    first = configure_logging(level=root.level, stream=io.StringIO())
+    again = configure_logging(level=root.level, stream=io.StringIO())
+    root.removeHandler(again)
+    assert isinstance(first.formatter, JsonFormatter)
+    assert first is not again and first not in root.handlers
+    monkeypatch.setenv("KOURIER_LOG_FORMAT", "yaml")
+    with pytest.raises(ValueError, match="yaml"):
+        configure_logging()
