@@ -46,6 +46,7 @@ def test_environment_variables_are_read_and_typed() -> None:
         ({"KOURIER_TOPIC_PREFIX": "bad prefix"}, "topic_prefix"),
         ({"KOURIER_SSL_CAFILE": "/nonexistent/ca.pem"}, "ssl_cafile"),
         ({"KOURIER_CREATE_TOPICS": "perhaps"}, "create_topics"),
+        ({"KOURIER_KAFKA_CLIENT": "kafka-python"}, "kafka_client"),
     ],
 )
 def test_invalid_settings_fail_naming_the_setting(env: dict[str, str], names: str) -> None:

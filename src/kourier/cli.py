@@ -117,18 +117,22 @@ def _port(text: str, name: str) -> int:
 
 
 def _run_workers(args: argparse.Namespace) -> int:
-    """Run N worker processes of the same service; forward signals; wait for all."""
-    argv = [a for a in sys.argv[1:]]
-    index = argv.index("--workers") if "--workers" in argv else -1
-    if index >= 0:
-        del argv[index : index + 2]
-    else:
-        argv = [a for a in argv if not a.startswith("--workers=")]
+    """Run N worker processes of the same service; forward signals; wait for all.
+
+    Each worker is a member of the service's consumer group. With a health port P,
+    worker i serves its probes on P + i.
+    """
     if args.http is not None:
         raise CLIError("--http with --workers: run one worker per HTTP port", EXIT_USAGE)
-    children = [
-        subprocess.Popen([sys.executable, "-m", "kourier", *argv]) for _ in range(args.workers)
-    ]
+    argv = _without_options(sys.argv[1:], ("--workers", "--health-port"))
+    health = args.health_port
+    if health is None and os.environ.get("KOURIER_HEALTH_PORT"):
+        health = _port(os.environ["KOURIER_HEALTH_PORT"], "KOURIER_HEALTH_PORT")
+    env = {k: v for k, v in os.environ.items() if k != "KOURIER_HEALTH_PORT"}
+    children = []
+    for index in range(args.workers):
+        extra = [] if health is None else ["--health-port", str(health + index)]
+        children.append(subprocess.Popen([sys.executable, "-m", "kourier", *argv, *extra], env=env))
 
     def forward(signum: int, frame: object) -> None:
         for child in children:
@@ -139,6 +143,20 @@ def _run_workers(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, forward)
     codes = [child.wait() for child in children]
     return max(codes, key=abs)
+
+
+def _without_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """``argv`` less the given options and their values (``--x V`` or ``--x=V``)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in names:
+            skip = True
+        elif not arg.startswith(tuple(f"{name}=" for name in names)):
+            out.append(arg)
+    return out
 
 
 def _default_service(spec: str) -> str:
@@ -243,10 +261,10 @@ async def _send(args: argparse.Namespace) -> int:
 
 @contextlib.asynccontextmanager
 async def _connected(args: argparse.Namespace) -> AsyncIterator[tuple[Transport, Settings]]:
-    from kourier.transports.kafka import KafkaTransport
+    from kourier.transports import kafka_transport
 
     settings = _settings(args)
-    transport = KafkaTransport(settings)
+    transport = kafka_transport(settings)
     await transport.start()
     try:
         yield transport, settings

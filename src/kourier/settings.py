@@ -19,6 +19,7 @@ _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 _SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,100}$")
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+KAFKA_CLIENTS = ("aiokafka", "confluent")
 
 
 class Secret:
@@ -54,6 +55,9 @@ class Settings:
     """
 
     bootstrap_servers: str = "127.0.0.1:9092"
+    #: The Kafka client library under the transport: "aiokafka" or "confluent"
+    #: (confluent-kafka, librdkafka). See docs/design.md for the measurements.
+    kafka_client: str = "aiokafka"
     #: Prefix of every topic and consumer group kourier names.
     topic_prefix: str = "kourier."
     #: Partitions and replication of the topics kourier creates.
@@ -109,6 +113,10 @@ class Settings:
             host, sep, port = server.strip().rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise SettingsError(f"bootstrap_servers: {server.strip()!r} is not host:port")
+        if self.kafka_client not in KAFKA_CLIENTS:
+            raise SettingsError(
+                f"kafka_client: {self.kafka_client!r} is not one of {', '.join(KAFKA_CLIENTS)}"
+            )
         if self.topic_prefix and not _TOPIC_NAME.match(self.topic_prefix):
             raise SettingsError(
                 f"topic_prefix: {self.topic_prefix!r} may hold only letters, digits, '.', '_', '-'"

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,7 +105,7 @@ def test_send_returns_the_request_id_and_the_handler_runs(
         handled = "".join(p.read_text() for p in log_dir.glob("handled-*.log"))
         if "from-cli" in handled:
             break
-        subprocess.run(["sleep", "0.1"], check=True)
+        time.sleep(0.1)
     assert "from-cli" in handled
 
 
@@ -210,3 +211,50 @@ def test_probes_and_metrics_of_a_running_service(
     assert float(line.rsplit(" ", 1)[1]) >= 3
     assert "kourier_consumer_lag{" in metrics
     assert "kourier_handler_seconds_bucket{" in metrics
+
+
+def test_workers_share_the_group_and_stop_together(env: dict[str, str]) -> None:
+    """`--workers 2` runs two members with probes on P and P+1; SIGTERM stops both."""
+    port = free_port()
+    while True:  # two consecutive free ports
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+                break
+            except OSError:
+                port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kourier",
+            "run",
+            "tests.e2e.app:app",
+            "--service",
+            "workers",
+            "--workers",
+            "2",
+            "--health-port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for health in (port, port + 1):
+            for _ in range(600):
+                try:
+                    if httpx.get(f"http://127.0.0.1:{health}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+            else:
+                raise AssertionError(f"worker on health port {health} never became ready")
+        result = kourier(env, "request", "workers", "POST", "/echo", "--json", '{"w": 1}')
+        assert result.returncode == 0, result.stderr
+    finally:
+        process.terminate()
+        assert process.wait(timeout=60) == 0

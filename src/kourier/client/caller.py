@@ -69,10 +69,11 @@ class Client:
     """A caller instance: one broker connection and one reply inbox, shared by its calls.
 
     ``async with Client(settings) as client: await client.request("orders", "GET", "/")``.
-    Without ``transport`` it connects to Kafka (``KafkaTransport(settings)``) and owns
-    that connection; a transport passed in is used as is and left to its owner to start
-    and stop. ``retry`` is the default ``Retry`` policy of two-way calls (none: no
-    retries); ``hooks`` maps ``"request"`` and ``"response"`` to lists of callables.
+    Without ``transport`` it connects to Kafka (through the client library that
+    ``settings.kafka_client`` names) and owns that connection; a transport passed in is
+    used as is and left to its owner to start and stop. ``retry`` is the default
+    ``Retry`` policy of two-way calls (none: no retries); ``hooks`` maps ``"request"``
+    and ``"response"`` to lists of callables.
     """
 
     def __init__(
@@ -535,10 +536,10 @@ class Client:
 
 
 def _kafka(settings: Settings) -> Transport:
-    # Imported here so that a caller on the in-memory transport never loads aiokafka.
-    from kourier.transports.kafka import KafkaTransport
+    # Imported here so that a caller on the in-memory transport never loads a Kafka client.
+    from kourier.transports import kafka_transport
 
-    return KafkaTransport(settings)
+    return kafka_transport(settings)
 
 
 def _loop_time() -> float:

@@ -55,6 +55,11 @@ class HealthServer:
     picks a free port; ``port`` holds the real one after ``start``.
     """
 
+    LIVEZ = "/livez"
+    READYZ = "/readyz"
+    METRICS = "/metrics"
+    PATHS = (LIVEZ, READYZ, METRICS)
+
     def __init__(
         self,
         service: Service,
@@ -230,11 +235,11 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.partition("?")[0]
         health = self.server.health
         try:
-            if path == "/livez":
+            if path == HealthServer.LIVEZ:
                 self._probe(health.liveness(), "not live")
-            elif path == "/readyz":
+            elif path == HealthServer.READYZ:
                 self._probe(health.readiness(), "not ready")
-            elif path == "/metrics":
+            elif path == HealthServer.METRICS:
                 self._metrics(health)
             else:
                 self._answer(404, b"not found: try /livez, /readyz or /metrics\n")

@@ -41,6 +41,7 @@ from kourier.server.idempotency import (
 )
 from kourier.server.lifespan import Lifespan
 from kourier.settings import Settings, check_service_name
+from kourier.transports import kafka_transport
 from kourier.transports.base import Record, TopicSpec, Transport
 
 logger = logging.getLogger("kourier.server")
@@ -81,7 +82,7 @@ class Service:
         self.settings = settings or Settings.from_env()
         #: The app as served: wrapped in a tracing span when OpenTelemetry is installed.
         self.app: ASGIApp = TracingMiddleware(app, self.name, topic=self.request_topic)
-        self.transport = transport or _kafka_transport(self.settings)
+        self.transport = transport or kafka_transport(self.settings)
         self.stats = ServiceStats()
         self.ready = asyncio.Event()
         self._lifespan = Lifespan(app)
@@ -386,12 +387,6 @@ async def _all(acks: list[Awaitable[None]]) -> None:
             await ack
         except KourierError as exc:
             logger.error("a reply was not acknowledged by the broker: %s", exc)
-
-
-def _kafka_transport(settings: Settings) -> Transport:
-    from kourier.transports.kafka import KafkaTransport
-
-    return KafkaTransport(settings)
 
 
 async def serve(

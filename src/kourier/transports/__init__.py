@@ -1,1 +1,22 @@
-"""Broker transports: the contract (base), Kafka, and in-memory."""
+"""Broker transports: the contract (base), Kafka (two client libraries), and in-memory."""
+
+from __future__ import annotations
+
+import importlib
+from typing import cast
+
+from kourier.settings import Settings
+from kourier.transports.base import Transport
+
+_KAFKA_TRANSPORTS = {
+    "aiokafka": ("kourier.transports.kafka", "KafkaTransport"),
+    "confluent": ("kourier.transports.confluent", "ConfluentTransport"),
+}
+
+
+def kafka_transport(settings: Settings) -> Transport:
+    """The Kafka transport ``settings.kafka_client`` names, imported only now: a process
+    loads one Kafka client library, and an in-memory one loads none."""
+    module_name, class_name = _KAFKA_TRANSPORTS[settings.kafka_client]
+    transport_class = getattr(importlib.import_module(module_name), class_name)
+    return cast(Transport, transport_class(settings))
