@@ -159,8 +159,11 @@ class FlakyReader(PartitionReader):
 
 
 class FlakyTransport(MemoryTransport):
-    def partition_reader(self, topic: str, partition: int) -> PartitionReader:
-        return FlakyReader(super().partition_reader(topic, partition))
+    def partition_reader(
+        self, topic: str, partition: int, *, from_beginning: bool = False
+    ) -> PartitionReader:
+        inner = super().partition_reader(topic, partition, from_beginning=from_beginning)
+        return FlakyReader(inner)
 
 
 async def test_inbox_survives_a_failing_fetch(
