@@ -291,7 +291,14 @@ class KafkaTransport(Transport):
         return found
 
     async def _metadata(self, topics: Sequence[str]) -> dict[str, dict[int, int]]:
-        """The partitions (and their leaders' ids, -1 for none) of those topics that exist.
+        """The partitions (and their leaders' ids, -1 for none) of those topics that exist."""
+        return {
+            name: {p[1]: p[2] for p in partitions}
+            for name, partitions in (await self._topic_metadata(topics)).items()
+        }
+
+    async def _topic_metadata(self, topics: Sequence[str]) -> dict[str, list[Any]]:
+        """The raw partition entries of those topics that exist.
 
         Asks one broker directly, with auto-creation off: aiokafka's own metadata
         requests would make a broker with ``auto.create.topics.enable`` create the topic.
@@ -306,12 +313,12 @@ class KafkaTransport(Transport):
             )
         except (KafkaError, OSError, TimeoutError) as err:
             raise BrokerError(f"no metadata from Kafka at {self._servers}: {_reason(err)}") from err
-        found: dict[str, dict[int, int]] = {}
+        found: dict[str, list[Any]] = {}
         for error_code, name, _internal, partitions, *_ in response.topics:
             if error_code == TopicAuthorizationFailedError.errno:
                 raise BrokerError(f"not authorised to use topic {name!r}")
             if error_code == 0:
-                found[name] = {p[1]: p[2] for p in partitions}
+                found[name] = list(partitions)
         return found
 
     # -- consumers -------------------------------------------------------------------
@@ -332,24 +339,11 @@ class KafkaTransport(Transport):
         return KafkaPartitionReader(self, topic, partition, from_beginning)
 
     async def describe_topics(self, names: Sequence[str]) -> dict[str, TopicInfo]:
-        client = self._running_producer().client
-        try:
-            response = await asyncio.wait_for(
-                _send_to_any_broker(
-                    client, MetadataRequest(list(names), allow_auto_topic_creation=False)
-                ),
-                REQUEST_TIMEOUT,
-            )
-        except (KafkaError, OSError, TimeoutError) as err:
-            raise BrokerError(f"no metadata from Kafka at {self._servers}: {_reason(err)}") from err
-        found: dict[str, TopicInfo] = {}
-        for error_code, name, _internal, partitions, *_ in response.topics:
-            if error_code == TopicAuthorizationFailedError.errno:
-                raise BrokerError(f"not authorised to use topic {name!r}")
-            if error_code == 0:
-                replication = max((len(p[3]) for p in partitions), default=0)
-                found[name] = TopicInfo(name, len(partitions), replication)
-        return found
+        # A partition entry is (error, id, leader, replicas, in-sync replicas, ...).
+        return {
+            name: TopicInfo(name, len(partitions), max((len(p[3]) for p in partitions), default=0))
+            for name, partitions in (await self._topic_metadata(names)).items()
+        }
 
     def _consumer_options(self) -> dict[str, Any]:
         return {
