@@ -70,6 +70,8 @@ class DeadLetterEvent:
 class Hooks:
     """The hooks of one service, by name."""
 
+    NAMES = HOOK_NAMES
+
     def __init__(self, hooks: Mapping[str, Sequence[Hook]] | None = None) -> None:
         self._hooks: dict[str, list[Hook]] = {name: [] for name in HOOK_NAMES}
         for name, functions in (hooks or {}).items():
