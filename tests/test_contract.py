@@ -204,3 +204,18 @@ async def test_a_handler_error_id_is_in_the_service_log(
     assert response.status_code == 500
     assert response.error_id is not None
     assert any(response.error_id in record.getMessage() for record in caplog.records)
+
+
+async def test_scatter_gather_collects_one_reply_per_service(stack: Stack) -> None:
+    """Three services consuming one shared topic each answer one gather call."""
+    shared = f"{stack.settings.topic_prefix}broadcast.hello"
+    for name in ("inventory", "pricing", "shipping"):
+        service = Service(
+            apps.app, name, stack.settings, transport=stack.make_transport(), topics=[shared]
+        )
+        await stack.exit.enter_async_context(service)
+    client = await stack.client()
+    responses = await client.gather(shared, "GET", "/hello/all", count=3, timeout=20)
+    assert sorted(r.responder or "" for r in responses) == ["inventory", "pricing", "shipping"]
+    assert all(r.status_code == 200 and r.json()["hello"] == "all" for r in responses)
+    assert client.inbox.waiting == 0

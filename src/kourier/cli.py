@@ -104,6 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             http_port=args.http,
             health_port=health_port,
             stall_timeout=args.stall_timeout,
+            topics=args.topic or (),
             ready=ready,
         )
     )
@@ -404,6 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="liveness fails after this long without progress while work waits "
         "(keep it above drain timeout + 30 s: a rebalance may wait that long; default 120)",
+    )
+    run.add_argument(
+        "--topic",
+        action="append",
+        metavar="TOPIC",
+        help="also consume this shared topic (repeatable): every service that does gets "
+        "every request on it, for scatter-gather calls (Client.gather)",
     )
     run.add_argument(
         "--http",

@@ -209,6 +209,14 @@ class Settings:
         return cls(**values)
 
 
+def check_topic_name(topic: str) -> str:
+    if not isinstance(topic, str) or not _TOPIC_NAME.match(topic) or topic in (".", ".."):
+        raise SettingsError(
+            f"topic: {topic!r} may hold only letters, digits, '.', '_', '-' (1-200 characters)"
+        )
+    return topic
+
+
 def check_service_name(service: str) -> str:
     if not isinstance(service, str) or not _SERVICE_NAME.match(service):
         raise SettingsError(

@@ -40,7 +40,7 @@ from kourier.server.idempotency import (
     identity,
 )
 from kourier.server.lifespan import Lifespan
-from kourier.settings import Settings, check_service_name
+from kourier.settings import Settings, check_service_name, check_topic_name
 from kourier.transports import kafka_transport
 from kourier.transports.base import Record, TopicSpec, Transport
 
@@ -49,6 +49,10 @@ logger = logging.getLogger("kourier.server")
 H_DEAD_REASON = "kourier-dead-letter-reason"
 H_DEAD_SOURCE = "kourier-dead-letter-source"
 H_DEAD_ATTEMPTS = "kourier-dead-letter-attempts"
+#: Seconds before trying a dead letter the broker did not acknowledge again; doubled
+#: each time, up to the maximum.
+DEAD_LETTER_RETRY = 0.5
+DEAD_LETTER_RETRY_MAX = 5.0
 
 
 @dataclass
@@ -76,9 +80,13 @@ class Service:
         transport: Transport | None = None,
         hooks: Mapping[str, Sequence[Hook]] | Hooks | None = None,
         idempotency_store: IdempotencyStore | None = None,
+        topics: Sequence[str] = (),
     ) -> None:
         self.hooks = hooks if isinstance(hooks, Hooks) else Hooks(hooks)
         self.name = check_service_name(service)
+        #: Shared topics this service consumes besides its own request topic, in its own
+        #: group: every service on such a topic gets every request (scatter-gather).
+        self.extra_topics = tuple(check_topic_name(t) for t in topics)
         self.settings = settings or Settings.from_env()
         #: The app as served: wrapped in a tracing span when OpenTelemetry is installed.
         self.app: ASGIApp = TracingMiddleware(app, self.name, topic=self.request_topic)
@@ -124,12 +132,16 @@ class Service:
                     [
                         TopicSpec(self.request_topic, s.partitions, s.replication_factor),
                         TopicSpec(self.dead_letter_topic, s.partitions, s.replication_factor),
+                        *(
+                            TopicSpec(t, s.partitions, s.replication_factor)
+                            for t in self.extra_topics
+                        ),
                     ]
                 )
             await self._lifespan.startup()
             self._consumer = RequestConsumer(
                 self.transport,
-                [self.request_topic],
+                [self.request_topic, *self.extra_topics],
                 s.group_for(self.name),
                 self._handle,
                 concurrency=s.concurrency,
@@ -262,7 +274,6 @@ class Service:
                     f"handler failed with status {outcome.status} after {attempts} attempts"
                     + (f" (error id {outcome.error_id})" if outcome.error_id else ""),
                     attempts=attempts,
-                    acks=acks,
                 )
         else:
             self.stats.replied += 1
@@ -347,35 +358,46 @@ class Service:
         """A record that breaks the format: log, dead-letter, answer 400 if we can."""
         self.stats.malformed += 1
         logger.error("malformed record at %s: %s", record.where, exc)
+        await self._dead_letter(record, str(exc), attempts=0)
         acks: list[Awaitable[None]] = []
-        await self._dead_letter(record, str(exc), attempts=0, acks=acks)
         request_id = protocol.request_id_of(record.headers)
         reply_to = protocol.reply_to_of(record.headers)
         if request_id is not None:
             await self._error_reply(request_id, reply_to, 400, f"malformed request: {exc}", acks)
         await _all(acks)
 
-    async def _dead_letter(
-        self, record: Record, reason: str, *, attempts: int, acks: list[Awaitable[None]]
-    ) -> None:
-        """Copy a record to the dead-letter topic with why, where from and how often."""
+    async def _dead_letter(self, record: Record, reason: str, *, attempts: int) -> None:
+        """Copy a record to the dead-letter topic with why, where from and how often.
+
+        Returns once the broker has acknowledged the copy, trying again until it does:
+        the record's offset counts as done when this returns, so giving up would lose
+        the record. A stop that cannot wait cancels this; the record is then not
+        committed and comes back to the next consumer.
+        """
         headers = [
             *[(n, v) for n, v in record.headers if isinstance(n, str)],
             (H_DEAD_REASON, reason.encode("utf-8", "replace")[:1000]),
             (H_DEAD_SOURCE, record.where.encode("utf-8", "replace")),
             (H_DEAD_ATTEMPTS, str(attempts).encode("ascii")),
         ]
-        try:
-            acks.append(
-                await self.transport.publish(
-                    self.dead_letter_topic, record.value or b"", key=record.key, headers=headers
+        delay = DEAD_LETTER_RETRY
+        while True:
+            try:
+                await (
+                    await self.transport.publish(
+                        self.dead_letter_topic, record.value or b"", key=record.key, headers=headers
+                    )
                 )
-            )
-        except KourierError as error:
-            # Not acknowledged: the record stays uncommitted only if the handler raises,
-            # so say loudly that it is lost to the dead-letter topic.
-            logger.error("could not dead-letter the record at %s: %s", record.where, error)
-            return
+                break
+            except KourierError as error:
+                logger.error(
+                    "could not dead-letter the record at %s, trying again in %.1f s: %s",
+                    record.where,
+                    delay,
+                    error,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, DEAD_LETTER_RETRY_MAX)
         self.stats.dead_letters += 1
         logger.error("dead-lettered the record at %s: %s", record.where, reason)
         await self.hooks.emit("dead_letter", DeadLetterEvent(self.name, record, reason))
@@ -401,6 +423,7 @@ async def serve(
     health_port: int | None = None,
     health_host: str = "0.0.0.0",
     stall_timeout: float = 120.0,
+    topics: Sequence[str] = (),
     ready: Callable[[Service], object] | None = None,
 ) -> None:
     """Serve ``app`` as ``service`` until SIGTERM or SIGINT; a second signal stops at once.
@@ -410,7 +433,7 @@ async def serve(
     before the service starts until after it has stopped.
     """
     service_var.set(service)
-    instance = Service(app, service, settings, transport=transport, hooks=hooks)
+    instance = Service(app, service, settings, transport=transport, hooks=hooks, topics=topics)
     health: HealthServer | None = None
     if health_port is not None:
         health = HealthServer(instance, health_port, health_host, stall_timeout=stall_timeout)
