@@ -44,6 +44,17 @@ def _load() -> _Otel | None:
     return _Otel(trace, propagate)
 
 
+def _active(otel: _Otel, tracer_provider: TracerProvider | None) -> bool:
+    """True if spans would be recorded: a provider was given or set globally.
+
+    Without one, OpenTelemetry's API hands out non-recording spans; skipping them is
+    what keeps tracing free when it is installed but not configured.
+    """
+    if tracer_provider is not None:
+        return True
+    return not isinstance(otel.trace.get_tracer_provider(), otel.trace.ProxyTracerProvider)
+
+
 class TracingMiddleware:
     """ASGI middleware: one SERVER span (CONSUMER for one-way) per request.
 
@@ -67,6 +78,7 @@ class TracingMiddleware:
         self.service_name = service_name
         self.topic = topic or service_name
         self._otel = _load()
+        self._provider = tracer_provider
         self._tracer: Any = None
         if self._otel is not None:
             self._tracer = self._otel.trace.get_tracer(
@@ -75,7 +87,7 @@ class TracingMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         otel = self._otel
-        if scope["type"] != "http" or otel is None:
+        if scope["type"] != "http" or otel is None or not _active(otel, self._provider):
             await self.app(scope, receive, send)
             return
         kourier = (scope.get("extensions") or {}).get("kourier")
@@ -176,7 +188,7 @@ def client_span(
     exception leaving the block is recorded on the span and marks it as an error.
     """
     otel = _load()
-    if otel is None:
+    if otel is None or not _active(otel, tracer_provider):
         yield ClientSpan(None)
         return
     tracer = otel.trace.get_tracer(CLIENT_TRACER, tracer_provider=tracer_provider)
