@@ -1,0 +1,399 @@
+"""The markdown report of ``bench.run``: medians, kourier's ratios, the targets met or missed.
+
+Ratios are kourier's median divided by the other's: for a latency above 1 is worse, for
+a rate below 1 is worse. "best raw" is, per metric, the better of the hand-written Kafka
+baselines (``kind == "raw"``) in this run. The targets are those of the issue "Fast as
+the raw client"; they are judged on the native caller (``kourier``), the httpx caller's
+ratios are shown beside it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import platform
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from bench.common import REPO_ROOT, median
+from bench.run import TARGETS, Config, Results, Round
+from kourier.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Goal:
+    """A target: kourier ÷ best raw within ``limit`` (``vs_raw``), or an absolute bound."""
+
+    limit: float
+    vs_raw: bool
+    text: str
+
+    def met(self, value: float, higher_is_better: bool) -> bool:
+        return value >= self.limit if higher_is_better else value <= self.limit
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    key: str
+    scenario: str
+    label: str
+    higher_is_better: bool
+    fmt: str
+    goal: Goal | None = None
+
+
+METRICS = [
+    Metric(
+        "seq_p50_ms", "seq", "p50 latency (ms)", False, "{:.2f}", Goal(1.15, True, "<= 1.15x raw")
+    ),
+    Metric(
+        "seq_p99_ms", "seq", "p99 latency (ms)", False, "{:.2f}", Goal(1.3, True, "<= 1.3x raw")
+    ),
+    Metric(
+        "conc_rps", "conc", "throughput (req/s)", True, "{:,.0f}", Goal(0.9, True, ">= 0.9x raw")
+    ),
+    Metric("conc_p99_ms", "conc", "p99 latency (ms)", False, "{:.1f}"),
+    Metric("conc_cpu_us", "conc", "CPU per call, caller + service (µs)", False, "{:,.0f}"),
+    Metric("conc_service_cpu_us", "conc", "... of which the service (µs)", False, "{:,.0f}"),
+    Metric(
+        "one_way_mps",
+        "one_way",
+        "throughput (msgs/s)",
+        True,
+        "{:,.0f}",
+        Goal(0.9, True, ">= 0.9x raw"),
+    ),
+    Metric("one_way_cpu_us", "one_way", "CPU per message, caller + service (µs)", False, "{:,.0f}"),
+    Metric("one_way_service_cpu_us", "one_way", "... of which the service (µs)", False, "{:,.0f}"),
+    Metric("stream_ips", "stream", "items/s at the caller", True, "{:,.0f}"),
+    Metric("stream_first_ms", "stream", "first item (ms)", False, "{:.1f}"),
+    Metric(
+        "stream_vs_one_way",
+        "stream",
+        "items/s ÷ its own one-way msgs/s",
+        True,
+        "{:.2f}",
+        Goal(0.8, False, ">= 0.8"),
+    ),
+    Metric(
+        "idle_rss_mb", "memory", "idle service RSS (MB)", False, "{:.0f}", Goal(100, False, "< 100")
+    ),
+    Metric("in_flight_rss_mb", "memory", "RSS growth per 1,000 in flight (MB)", False, "{:.1f}"),
+    Metric("in_flight_s", "memory", "time for the in-flight batch (s)", False, "{:.2f}"),
+    Metric("startup_s", "startup", "launch to ready (s)", False, "{:.2f}", Goal(1.0, False, "< 1")),
+    Metric("readyz_s", "startup", "launch to /readyz 200 (s)", False, "{:.2f}"),
+]
+
+
+def titles(config: Config) -> dict[str, str]:
+    return {
+        "seq": f"(1) sequential two-way, {config.seq_n:,} calls after {config.warmup} warm-up",
+        "conc": f"(2) concurrent two-way, {config.inflight} in flight for {config.seconds:g} s",
+        "one_way": f"(3) one-way, {config.one_way_n:,} x {config.size} B, end to end",
+        "stream": f"(4) streamed reply of {config.stream_n:,} items",
+        "memory": f"(5) service memory; {config.slow_n:,} requests of {config.slow_ms} ms "
+        "in flight",
+        "startup": f"(6) start-up on a running broker, median of {config.startups}",
+    }
+
+
+def medians(config: Config, results: Results) -> dict[tuple[str, str], float]:
+    """Median per (metric, target) over the rounds; derived metrics from those medians."""
+    table: dict[tuple[str, str], float] = {}
+    rounds = results.all()
+    for metric in METRICS:
+        for target in config.targets:
+            values = [r.values[metric.key] for r in rounds if _has(r, target, metric.key)]
+            table[(metric.key, target)] = median(values)
+    for target in config.targets:
+        stream = table[("stream_ips", target)]
+        one_way = table[("one_way_mps", target)]
+        table[("stream_vs_one_way", target)] = stream / one_way if one_way else math.nan
+    return table
+
+
+def _has(round_: Round, target: str, key: str) -> bool:
+    return round_.target == target and key in round_.values
+
+
+def best_raw(
+    metric: Metric, config: Config, table: dict[tuple[str, str], float]
+) -> tuple[str, float] | None:
+    raw = [
+        (t, table[(metric.key, t)])
+        for t in config.targets
+        if TARGETS[t].kind == "raw" and not math.isnan(table[(metric.key, t)])
+    ]
+    if not raw:
+        return None
+    pick: Callable[..., tuple[str, float]] = max if metric.higher_is_better else min
+    return pick(raw, key=lambda item: item[1])
+
+
+def _ratio(value: float, other: float | None) -> float:
+    if other is None or math.isnan(value) or math.isnan(other) or other == 0:
+        return math.nan
+    return value / other
+
+
+def _fmt_ratio(native: float, httpx: float) -> str:
+    if math.isnan(native) and math.isnan(httpx):
+        return ""
+    text = "n/a" if math.isnan(native) else _times(native)
+    if not math.isnan(httpx):
+        text += f" ({_times(httpx)})"
+    return text
+
+
+def _times(ratio: float) -> str:
+    """A ratio with two significant digits at least: 1.64x, 0.13x, 0.0044x."""
+    return f"{ratio:.2f}x" if ratio >= 0.1 else f"{ratio:.2g}x"
+
+
+def _cell(metric: Metric, value: float) -> str:
+    return "" if math.isnan(value) else metric.fmt.format(value)
+
+
+def kourier_targets(config: Config) -> tuple[str | None, str | None]:
+    """The native and the httpx kourier target of this run, if any."""
+    native = next(
+        (t for t in config.targets if TARGETS[t].kind == "kourier" and TARGETS[t].one_way), None
+    )
+    httpx = next(
+        (t for t in config.targets if TARGETS[t].kind == "kourier" and not TARGETS[t].one_way),
+        None,
+    )
+    return native, httpx
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    metric: Metric
+    value: float  # the ratio or absolute value the goal is judged on
+    met: bool
+
+
+def table_rows(config: Config, results: Results) -> tuple[list[str], list[Verdict]]:
+    table = medians(config, results)
+    native, httpx = kourier_targets(config)
+    http = next((t for t in config.targets if TARGETS[t].kind == "http"), None)
+    header = [
+        "| scenario | metric | "
+        + " | ".join(config.targets)
+        + " | kourier ÷ best raw | kourier ÷ HTTP | target | met |",
+        "|---|---|" + "---:|" * len(config.targets) + "---:|---:|---|---|",
+    ]
+    rows: list[str] = []
+    verdicts: list[Verdict] = []
+    names = titles(config)
+    previous = ""
+    for metric in METRICS:
+        values = {t: table[(metric.key, t)] for t in config.targets}
+        if all(math.isnan(v) for v in values.values()):
+            continue
+        title = names[metric.scenario] if metric.scenario != previous else ""
+        previous = metric.scenario
+        best = best_raw(metric, config, table)
+        best_value = None if best is None else best[1]
+        http_value = None if http is None else values[http]
+        mine = values[native] if native else math.nan
+        theirs = values[httpx] if httpx else math.nan
+        vs_raw = _fmt_ratio(_ratio(mine, best_value), _ratio(theirs, best_value))
+        vs_http = _fmt_ratio(_ratio(mine, http_value), _ratio(theirs, http_value))
+        if metric.key == "stream_vs_one_way":
+            vs_raw = vs_http = ""
+        goal, met = "", ""
+        if metric.goal is not None and native is not None:
+            judged = _ratio(mine, best_value) if metric.goal.vs_raw else mine
+            goal = metric.goal.text
+            if not math.isnan(judged):
+                ok = metric.goal.met(judged, metric.higher_is_better)
+                verdicts.append(Verdict(metric, judged, ok))
+                met = "met" if ok else "**missed**"
+            else:
+                met = "not measured"
+        cells = " | ".join(_cell(metric, values[t]) for t in config.targets)
+        rows.append(
+            f"| {title} | {metric.label} | {cells} | {vs_raw} | {vs_http} | {goal} | {met} |"
+        )
+    return header + rows, verdicts
+
+
+def rounds_table(config: Config, results: Results) -> list[str]:
+    keys = [m for m in METRICS if m.key != "stream_vs_one_way"]
+    present = [m for m in keys if any(m.key in r.values for r in results.all())]
+    lines = [
+        "| round | target | " + " | ".join(m.key for m in present) + " |",
+        "|---|---|" + "---:|" * len(present),
+    ]
+    for kind, rounds in (
+        ("rep", results.rounds),
+        ("in-flight rep", results.in_flight),
+        ("launch", results.startups),
+    ):
+        for r in rounds:
+            cells = " | ".join(_cell(m, r.values.get(m.key, math.nan)) for m in present)
+            lines.append(f"| {kind} {r.rep + 1} | {r.target} | {cells} |")
+    return lines
+
+
+def render(config: Config, results: Results, env: Sequence[str]) -> str:
+    rows, verdicts = table_rows(config, results)
+    missed = [v for v in verdicts if not v.met]
+    summary = (
+        f"Targets met: {len(verdicts) - len(missed)} of {len(verdicts)}"
+        + (f"; missed: {', '.join(_short(v) for v in missed)}." if missed else ".")
+        if verdicts
+        else "No kourier target measured."
+    )
+    lines = [
+        "# kourier against the raw clients and plain HTTP",
+        "",
+        *env,
+        *_app_cost(results),
+        "",
+        summary,
+        "",
+        f"Medians of {config.reps} repetitions (start-up: of {config.startups} launches); the "
+        "order of the targets rotates between repetitions. Every repetition starts a fresh "
+        "service process on fresh topics (1 partition each); the caller runs in the "
+        "benchmark's process. Ratios are kourier's median over the other's (latency: above 1 "
+        "is slower; rates: below 1 is slower); `best raw` is the better of the raw Kafka "
+        "baselines for that metric; in parentheses, the httpx caller "
+        "(`KourierTransport`). kourier_httpx has no one-way call (httpx waits for every "
+        "reply); its service is kourier's, so it is not started or timed separately."
+        + _one_way_caps(config),
+        "",
+        *rows,
+        "",
+        "Each round:",
+        "",
+        *rounds_table(config, results),
+    ]
+    errors = [f"- {r.target} (round {r.rep + 1}): {e}" for r in results.all() for e in r.errors]
+    if errors:
+        lines += ["", "Failures:", "", *errors]
+    return "\n".join(lines) + "\n"
+
+
+def _app_cost(results: Results) -> list[str]:
+    if not results.app_us:
+        return []
+    costs = ", ".join(
+        f"{call} {us:.0f} µs (at most {1e6 / us:,.0f}/s on one core)"
+        for call, us in results.app_us.items()
+    )
+    return [
+        f"- bench.app alone, called in process with no transport: {costs} of CPU per call; "
+        "every HTTP-shaped target (kourier, http) pays this in its service, the raw "
+        "baselines do not"
+    ]
+
+
+def _one_way_caps(config: Config) -> str:
+    caps = []
+    for target in config.targets:
+        cap = TARGETS[target].one_way_max
+        if cap is not None and cap < config.one_way_n:
+            caps.append(f"{target}: {cap:,}")
+    if not caps:
+        return ""
+    return f" Fewer one-way messages, to stay within the 90 s bound: {', '.join(caps)}."
+
+
+def _short(verdict: Verdict) -> str:
+    metric = verdict.metric
+    unit = "x raw" if metric.goal is not None and metric.goal.vs_raw else ""
+    value = _times(verdict.value).removesuffix("x") if unit else f"{verdict.value:.2f}"
+    return f"{metric.scenario} {metric.label} {value}{unit}"
+
+
+# -- the machine and the versions ------------------------------------------------------------
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _meminfo_gb() -> str:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return f"{int(line.split()[1]) / 1024**2:.1f} GiB"
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def environment(
+    config: Config,
+    kafka: str,
+    load_start: tuple[float, float, float],
+    load_end: tuple[float, float, float],
+    command: str,
+) -> list[str]:
+    import confluent_kafka  # only for librdkafka's own version
+
+    under = (
+        config.kafka_client
+        or os.environ.get("KOURIER_KAFKA_CLIENT")
+        or f"{Settings().kafka_client} (kourier's default)"
+    )
+    return [
+        f"- date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
+        f"- machine: {os.cpu_count()} CPUs ({_cpu_model()}), {_meminfo_gb()} memory, "
+        f"{platform.system()} {platform.release()}; Python {platform.python_version()}",
+        f"- Kafka: {kafka}, single node at {config.bootstrap}; the broker, the services and "
+        "the caller share the machine",
+        f"- kourier {_version('kourier')} ({_source()}) on {under}; "
+        f"aiokafka {_version('aiokafka')}; confluent-kafka {_version('confluent-kafka')} "
+        f"(librdkafka {confluent_kafka.libversion()[0]}); fastapi {_version('fastapi')}, starlette "
+        f"{_version('starlette')}, uvicorn {_version('uvicorn')}, httpx {_version('httpx')}",
+        f"- load average (1/5/15 min) at start: {_load(load_start)}; at end: {_load(load_end)}",
+        f"- command: `{command}`",
+    ]
+
+
+def _source() -> str:
+    """The commit kourier's source is at, and whether src/ has changes not committed."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "source: unknown commit"
+    return f"commit {commit}" + (", with uncommitted changes in src/" if dirty else "")
+
+
+def _load(load: tuple[float, float, float]) -> str:
+    return " / ".join(f"{value:.2f}" for value in load)

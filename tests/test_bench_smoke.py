@@ -1,0 +1,112 @@
+"""The benchmark suite (bench/run.py) in miniature, so that it cannot rot unnoticed.
+
+It runs every scenario against kourier (both callers) and every baseline (raw aiokafka,
+raw confluent-kafka, plain HTTP) with tiny counts, and checks that the numbers are sane
+(positive rates, latencies above zero), never that a target is met: that is what
+``python -m bench.run`` on a quiet machine is for.
+"""
+
+from __future__ import annotations
+
+import math
+
+import httpx
+import pytest
+from bench import report
+from bench.common import ECHO_BODY, echo_reply, stream_item
+from bench.run import DEFAULT_TARGETS, TARGETS, Config, Results, Round, run_all
+
+from tests.conftest import kafka_bootstrap
+
+
+async def test_the_app_answers_what_the_raw_baselines_emulate() -> None:
+    """bench.app's echo is byte for byte the raw baselines' reply, its items their records."""
+    from bench.app import app
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+        echo = await client.post(
+            "/echo", content=ECHO_BODY, headers={"content-type": "application/json"}
+        )
+        items = await client.get("/items", params={"n": 3})
+    assert echo.content == echo_reply(ECHO_BODY)
+    assert items.content.splitlines() == [stream_item(i) for i in range(3)]
+
+
+def tiny(bootstrap: str) -> Config:
+    return Config.quick(
+        bootstrap,
+        seq_n=30,
+        warmup=5,
+        seconds=0.5,
+        warmup_s=0.2,
+        one_way_n=300,
+        stream_n=100,
+        settle_s=0.1,
+        slow_n=20,
+        slow_ms=300,
+        startups=1,
+    )
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(240)
+async def test_every_scenario_runs_end_to_end_with_sane_numbers() -> None:
+    """Each target measures each of its scenarios, and the report renders them."""
+    config = tiny(kafka_bootstrap())
+    results = await run_all(config)
+
+    errors = [f"{r.target}: {e}" for r in results.all() for e in r.errors]
+    assert errors == []
+    assert results.app_us and all(us > 0 for us in results.app_us.values())
+    assert {r.target for r in results.rounds} == set(DEFAULT_TARGETS)
+    for round_ in results.rounds:
+        values = round_.values
+        expected = {"seq_p50_ms", "seq_p99_ms", "conc_rps", "conc_p99_ms", "stream_ips"}
+        expected |= {"stream_first_ms", "idle_rss_mb"}
+        # CPU time comes in clock ticks (10 ms): a tiny run may well use none in a service.
+        cpu = {"conc_cpu_us", "conc_service_cpu_us"}
+        if TARGETS[round_.target].one_way:
+            expected.add("one_way_mps")
+            cpu |= {"one_way_cpu_us", "one_way_service_cpu_us"}
+        assert expected | cpu <= set(values), round_.target
+        assert all(values[key] > 0 for key in expected), (round_.target, values)
+        assert all(values[key] >= 0 for key in cpu), (round_.target, values)
+        assert values["seq_p99_ms"] >= values["seq_p50_ms"]
+    assert_in_flight_and_startup(config, results)
+
+    text = report.render(config, results, ["- environment: smoke test"])
+    assert "| scenario | metric | kourier | kourier_httpx |" in text
+    assert "Targets met:" in text
+
+
+def assert_in_flight_and_startup(config: Config, results: Results) -> None:
+    in_flight = {r.target: r.values for r in results.in_flight}
+    assert set(in_flight) == {t for t in DEFAULT_TARGETS if TARGETS[t].in_flight}
+    serialized_s = config.slow_n * config.slow_ms / 1000
+    for target, values in in_flight.items():
+        assert math.isfinite(values["in_flight_rss_mb"]), target
+        # The slow calls overlapped: they took about one call's time, not all of theirs.
+        assert config.slow_ms / 1000 <= values["in_flight_s"] < serialized_s / 2, target
+
+    startups = {r.target: r.values for r in results.startups}
+    assert set(startups) == {t for t in DEFAULT_TARGETS if TARGETS[t].startup}
+    assert all(values["startup_s"] > 0 for values in startups.values())
+    assert startups["kourier"]["readyz_s"] >= startups["kourier"]["startup_s"]
+
+
+def test_the_report_marks_a_missed_target() -> None:
+    """A kourier p50 far above the raw baselines' is marked missed, with its ratio."""
+    config = Config("127.0.0.1:9092", targets=["kourier", "raw_aiokafka"], reps=1)
+    results = Results(
+        rounds=[
+            Round(0, "kourier", {"seq_p50_ms": 4.0, "idle_rss_mb": 50.0}),
+            Round(0, "raw_aiokafka", {"seq_p50_ms": 2.0, "idle_rss_mb": 30.0}),
+        ]
+    )
+    text = report.render(config, results, [])
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    p50 = next(row for row in rows if "p50 latency" in row)
+    assert "2.00x" in p50 and "**missed**" in p50
+    rss = next(row for row in rows if "idle service RSS" in row)
+    assert rss.endswith("| met |")
