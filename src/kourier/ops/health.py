@@ -150,7 +150,9 @@ class HealthServer:
     async def _ping_loop(self) -> None:
         while True:
             self._broker_ok = await self._ping()
-            await asyncio.sleep(self.sample_interval)
+            # After a failure (also: the transport not started yet, as during start-up)
+            # look again soon, so readiness follows the broker within a second.
+            await asyncio.sleep(self.sample_interval if self._broker_ok else 0.5)
 
     async def _ping(self) -> bool:
         try:
