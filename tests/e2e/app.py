@@ -1,11 +1,15 @@
 """The service the end-to-end tests run with `kourier run tests.e2e.app:app`.
 
 One-way messages are recorded in a file per process (KOURIER_E2E_DIR) so the test can
-check, across processes, that every acknowledged message was handled.
+check, across processes, that every acknowledged message was handled. The fault tests
+(tests/faults/) use ``/work/{id}`` (two-way with PUT, one-way with POST), which records
+its id in the same file before doing its work, so the files also show what was handled
+twice; and ``/fail`` records each attempt at a message that carries an id.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
@@ -31,6 +35,14 @@ async def record(request: Request) -> Response:
     return Response(status_code=202)
 
 
+async def work(request: Request) -> Response:
+    """Record the id (the side effect), then work ``ms`` milliseconds; answer the id."""
+    work_id = request.path_params["work_id"]
+    _log.write(f"{work_id}\n")
+    await asyncio.sleep(int(request.query_params.get("ms", "0")) / 1000)
+    return JSONResponse({"id": work_id, "pid": os.getpid()})
+
+
 async def items(request: Request) -> Response:
     n = int(request.query_params.get("n", "3"))
     tag = request.query_params.get("tag", "")
@@ -43,6 +55,10 @@ async def items(request: Request) -> Response:
 
 
 async def fail(request: Request) -> Response:
+    body = await request.body()
+    work_id = json.loads(body).get("id") if body else None
+    if work_id is not None:
+        _log.write(f"fail:{work_id}\n")
     return JSONResponse({"detail": "always fails"}, status_code=500)
 
 
@@ -52,5 +68,6 @@ app = Starlette(
         Route("/echo", echo, methods=["POST"]),
         Route("/record", record, methods=["POST"]),
         Route("/items", items),
+        Route("/work/{work_id}", work, methods=["PUT", "POST"]),
     ]
 )

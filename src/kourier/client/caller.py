@@ -32,7 +32,13 @@ from kourier.client.hooks import CallerHooks, Hook
 from kourier.client.replies import ReplyInbox, ReplyWaiter
 from kourier.client.responses import ReplyStream, Response
 from kourier.client.retry import Retry
-from kourier.errors import ReplyTimeout, RequestTooLarge, SettingsError, StreamBroken
+from kourier.errors import (
+    BrokerError,
+    ReplyTimeout,
+    RequestTooLarge,
+    SettingsError,
+    StreamBroken,
+)
 from kourier.ops.metrics import ClientMetrics
 from kourier.ops.tracing import inject
 from kourier.protocol import Reply, ReplyAddress, Request
@@ -439,14 +445,28 @@ class Client:
         """
         attempts = 1 if policy is None else policy.attempts
         attempt = 1
+        unanswered = False  # an earlier attempt got no reply: its answer may yet come
         while True:
             request.attempt = attempt
-            await self._publish(topic, request, deadline)
+            try:
+                await self._publish(topic, request, deadline)
+            except BrokerError as exc:
+                if not unanswered:
+                    raise
+                # The broker has an earlier attempt, which may still be answered: a
+                # PublishError would tell the caller the call was not sent at all.
+                logger.warning(
+                    "attempt %d of request %s was not acknowledged (%s); still waiting",
+                    attempt,
+                    request.id,
+                    exc,
+                )
             if policy is None or attempt == attempts:
                 return await waiter.next(deadline)
             first = await self._attempt(waiter, policy, attempt, deadline)
             if first is None:
                 reason = "no reply in time"
+                unanswered = True
             elif await self._should_repeat(first, policy, attempt, deadline):
                 reason = f"status {first.status}"
                 waiter.restart()
