@@ -459,7 +459,7 @@ class KafkaGroupConsumer(GroupConsumer):
         consumer, self._consumer = self._consumer, None
         self._transport._clients.discard(self)
         if consumer is not None:
-            await consumer.stop()
+            await _stop_consumer(consumer)
             self._listener.settled.set()  # a fetch waiting for a rebalance ends now
 
     def _running(self) -> Any:
@@ -645,7 +645,7 @@ class KafkaPartitionReader(PartitionReader):
         consumer, self._consumer = self._consumer, None
         self._transport._clients.discard(self)
         if consumer is not None:
-            await consumer.stop()
+            await _stop_consumer(consumer)
 
     async def fetch(self, timeout: float) -> list[Record]:
         if self._consumer is None:
@@ -658,6 +658,22 @@ class KafkaPartitionReader(PartitionReader):
             topic, partition = self.tp
             raise BrokerError(f"fetch from {topic}[{partition}] failed: {_reason(err)}") from err
         return [_record(r) for batch in batches.values() for r in batch]
+
+
+async def _stop_consumer(consumer: Any) -> None:
+    """Stop an aiokafka consumer, also in the middle of a broker outage.
+
+    aiokafka 0.14's fetcher awaits the fetch tasks it has just cancelled when it closes,
+    so a stop during an outage can raise their CancelledError into the task that is
+    stopping; that task is not being cancelled itself, so the error is swallowed here.
+    """
+    task = asyncio.current_task()
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        if task is not None and task.cancelling():
+            raise
+        log.debug("aiokafka raised CancelledError while stopping a consumer; stopped anyway")
 
 
 # -- conversions -----------------------------------------------------------------------
