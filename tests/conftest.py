@@ -38,8 +38,15 @@ def unique_prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}."
 
 
-@pytest.fixture(params=["memory", pytest.param("kafka", marks=pytest.mark.kafka)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("kafka", marks=pytest.mark.kafka),
+        pytest.param("confluent", marks=pytest.mark.kafka),
+    ]
+)
 def backend(request: pytest.FixtureRequest) -> str:
+    """The transport under test: in memory, or real Kafka through either client library."""
     return str(request.param)
 
 
@@ -54,8 +61,9 @@ def settings(backend: str) -> Settings:
         drain_timeout=5.0,
         default_timeout=10.0,
     )
-    if backend == "kafka":
-        return base.replace(bootstrap_servers=kafka_bootstrap())
+    if backend in ("kafka", "confluent"):
+        client = "aiokafka" if backend == "kafka" else "confluent"
+        return base.replace(bootstrap_servers=kafka_bootstrap(), kafka_client=client)
     return base
 
 
@@ -67,8 +75,8 @@ def make_transport(backend: str, settings: Settings) -> TransportFactory:
         return lambda: MemoryTransport(broker)
 
     def kafka() -> Transport:
-        from kourier.transports.kafka import KafkaTransport
+        from kourier.transports import kafka_transport
 
-        return KafkaTransport(settings)
+        return kafka_transport(settings)  # the client library the settings name
 
     return kafka
