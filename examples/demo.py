@@ -7,6 +7,7 @@ Run it with ``scripts/demo`` (which starts a local Kafka broker first), or with
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -77,7 +78,8 @@ async def call(settings: Settings) -> None:
 
         print("\n== native client: per-call timeout ==")
         for _ in range(50):
-            count = (await client.request("orders", "GET", "/events/count")).json()["count"]
+            reply = await client.request("orders", "GET", "/events/count", timeout=2.0)
+            count = reply.json()["count"]
             if count >= 3:
                 break
             await asyncio.sleep(0.1)
@@ -85,6 +87,9 @@ async def call(settings: Settings) -> None:
 
 
 def main() -> None:
+    # aiokafka logs transient broker states (a new topic's leader not known yet) as
+    # errors and retries them itself; the demo shows what kourier reports.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     servers = os.environ.get("KOURIER_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     prefix = f"demo{uuid.uuid4().hex[:6]}."
     env = {"KOURIER_BOOTSTRAP_SERVERS": servers, "KOURIER_TOPIC_PREFIX": prefix}
