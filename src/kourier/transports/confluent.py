@@ -92,8 +92,10 @@ T = TypeVar("T")
 #: Seconds one broker operation may take: connecting, a metadata look-up, a produce
 #: request (and so the wait for an acknowledgement), a commit.
 REQUEST_TIMEOUT = 10.0
-#: Seconds a publish keeps asking about a topic the broker does not know before it fails;
-#: covers the moment between a topic's creation and its metadata reaching every broker.
+#: Seconds a publish, a consumer's start or ``partition_count`` keeps asking about a topic
+#: the broker does not know before it fails; covers the moment between a topic's creation
+#: and its metadata reaching every broker (seen on a 3-node cluster: a reply topic created
+#: by one broker, unknown to the next one asked).
 UNKNOWN_TOPIC_WAIT = 2.0
 #: Milliseconds a fetch request waits at the broker for data. The broker answers as soon
 #: as a record arrives, so this barely moves the round trip (p50 1.0-1.1 ms from 5 to
@@ -325,24 +327,12 @@ class ConfluentTransport(Transport):
 
     async def _check_destination(self, topic: str, partition: int | None) -> None:
         """Fail fast, without auto-creating it, when the topic or partition does not exist."""
-        count = self._partitions.get(topic)
-        if count is None or (partition is not None and partition >= count):
-            count = await self._wait_for_topic(topic)
-        if partition is not None and not 0 <= partition < count:
+        try:
+            found = await self._require_topics([topic])
+        except BrokerError as err:
+            raise PublishError(f"cannot publish to {topic!r}: {err}") from err
+        if partition is not None and not 0 <= partition < len(found[topic]):
             raise PublishError(f"topic {topic!r} has no partition {partition}")
-
-    async def _wait_for_topic(self, topic: str) -> int:
-        deadline = time.monotonic() + UNKNOWN_TOPIC_WAIT
-        while True:
-            try:
-                found = await self._metadata([topic])
-            except BrokerError as err:
-                raise PublishError(f"cannot publish to {topic!r}: {err}") from err
-            if topic in found:
-                return len(found[topic])
-            if time.monotonic() >= deadline:
-                raise PublishError(f"topic {topic!r} does not exist")
-            await asyncio.sleep(0.1)
 
     # -- topics ----------------------------------------------------------------------
 
@@ -394,9 +384,7 @@ class ConfluentTransport(Transport):
             await asyncio.sleep(0.05)
 
     async def partition_count(self, topic: str) -> int:
-        found = await self._metadata([topic])
-        if topic not in found:
-            raise BrokerError(f"topic {topic!r} does not exist")
+        found = await self._require_topics([topic])
         return len(found[topic])
 
     async def describe_topics(self, names: Sequence[str]) -> dict[str, TopicInfo]:
@@ -411,12 +399,21 @@ class ConfluentTransport(Transport):
         }
 
     async def _require_topics(self, topics: Iterable[str]) -> dict[str, list[int]]:
+        """The partitions' leaders of each of ``topics``; BrokerError if one does not exist.
+
+        A topic just created may be unknown to the broker asked for a moment (its metadata
+        has not reached every broker yet): ask again for up to UNKNOWN_TOPIC_WAIT.
+        """
         names = list(topics)
-        found = await self._metadata(names)
-        for name in names:
-            if name not in found:
-                raise BrokerError(f"topic {name!r} does not exist")
-        return found
+        deadline = time.monotonic() + UNKNOWN_TOPIC_WAIT
+        while True:
+            found = await self._metadata(names)
+            missing = [name for name in names if name not in found]
+            if not missing:
+                return found
+            if time.monotonic() >= deadline:
+                raise BrokerError(f"topic {missing[0]!r} does not exist")
+            await asyncio.sleep(0.1)
 
     async def _metadata(self, names: Sequence[str]) -> dict[str, list[int]]:
         """The leader's id (-1 for none) of each partition of those topics that exist."""
