@@ -575,13 +575,21 @@ class _RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
         try:
-            await self._call(self._on_assigned, assigned)
+            # Also with nothing assigned, as Kafka's own clients do: an idle member (more
+            # members than partitions) has joined its group too, and readiness says so.
+            await self._call(self._on_assigned, assigned, even_if_empty=True)
         finally:
             self.settled.set()
 
-    async def _call(self, callback: RebalanceCallback | None, partitions: Iterable[Any]) -> None:
+    async def _call(
+        self,
+        callback: RebalanceCallback | None,
+        partitions: Iterable[Any],
+        *,
+        even_if_empty: bool = False,
+    ) -> None:
         tps = {(tp.topic, tp.partition) for tp in partitions}
-        if callback is None or not tps:
+        if callback is None or (not tps and not even_if_empty):
             return
         try:
             await callback(tps)
