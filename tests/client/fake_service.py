@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any
 
 from kourier import protocol
+from kourier._aio import cancel_and_wait
 from kourier.protocol import Reply, Request
 from kourier.settings import Settings
 from kourier.transports.base import GroupConsumer, TopicSpec, Transport
@@ -146,12 +147,7 @@ class FakeService:
         self._loop = asyncio.create_task(self._consume(self._consumer))
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._loop, *self._handlers) if t is not None]
-        while not all(task.done() for task in tasks):
-            # Re-cancel: the memory broker's asyncio.wait_for may swallow one (Python 3.11).
-            for task in tasks:
-                task.cancel()
-            await asyncio.wait(tasks, timeout=0.1)
+        await cancel_and_wait(self._loop, *self._handlers)
         if self._consumer is not None:
             await self._consumer.stop()
 

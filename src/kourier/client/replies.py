@@ -19,6 +19,7 @@ import random
 from itertools import count
 from types import TracebackType
 
+from kourier._aio import cancel_and_wait
 from kourier.errors import BrokerError, KourierError, ProtocolError, ReplyTimeout, StreamBroken
 from kourier.protocol import Reply, ReplyAddress, decode_reply
 from kourier.settings import Settings
@@ -245,12 +246,7 @@ class ReplyInbox:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        while task is not None and not task.done():
-            # A transport waiting in asyncio.wait_for (Python 3.11) may swallow one
-            # cancellation, so cancel until the task really ends. wait() rather than
-            # await: a cancellation of stop() itself must not be eaten.
-            task.cancel()
-            await asyncio.wait([task], timeout=0.1)
+        await cancel_and_wait(task)
         for waiter in list(self._waiters.values()):
             waiter.fail(BrokerError("the client stopped before the reply came"))
         if self._reader is not None:

@@ -18,7 +18,6 @@ lag); the thread only reads attributes and never awaits or calls into the loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import socketserver
@@ -27,6 +26,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
+from kourier._aio import cancel_and_wait, within
 from kourier.ops.metrics import (
     INSTALL_HINT,
     LagSampler,
@@ -122,11 +122,7 @@ class HealthServer:
         """Stop answering, close the socket, join the threads."""
         await self.lag.stop()
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*tasks)
         server, self._server = self._server, None
         thread, self._thread = self._thread, None
         if server is not None:
@@ -158,7 +154,7 @@ class HealthServer:
         try:
             # The outer bound guards against a transport that ignores its own timeout.
             ping = self.service.transport.ping(self.ping_timeout)
-            return bool(await asyncio.wait_for(ping, self.ping_timeout + 1.0))
+            return bool(await within(ping, self.ping_timeout + 1.0))
         except Exception:
             logger.debug("broker ping failed", exc_info=True)
             return False

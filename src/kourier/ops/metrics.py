@@ -16,11 +16,12 @@ prometheus-client is imported only when metrics are built.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
+
+from kourier._aio import cancel_and_wait, within
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -240,10 +241,7 @@ class LagSampler:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         self.latest = {}
 
     async def _run(self) -> None:
@@ -256,7 +254,7 @@ class LagSampler:
         if consumer is None:
             return {}
         try:
-            return dict(await asyncio.wait_for(consumer.lag(), self.timeout))
+            return dict(await within(consumer.lag(), self.timeout))
         except Exception:
             logger.debug("lag of %r not readable now", self.service.name, exc_info=True)
             return {}

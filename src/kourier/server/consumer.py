@@ -24,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
+from kourier._aio import cancel_and_wait
 from kourier.errors import BrokerError
 from kourier.transports.base import GroupConsumer, Record, TopicPartition, Transport
 
@@ -125,11 +126,7 @@ class RequestConsumer:
         """Stop fetching, let running handlers finish (bounded), commit, leave the group."""
         self._stopping.set()
         self._slot_freed.set()
-        for task in (self._loop_task, self._commit_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_and_wait(self._loop_task, self._commit_task)
         await self._drain(set(self._progress))
         await self._commit()
         await self._consumer.stop()

@@ -8,10 +8,10 @@ the service from starting.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
+from kourier._aio import cancel_and_wait, within
 from kourier.server.asgi import ASGIApp, Message
 
 logger = logging.getLogger("kourier.server")
@@ -48,7 +48,7 @@ class Lifespan:
     async def startup(self, timeout: float = 60.0) -> None:
         self._task = asyncio.create_task(self._main(), name="kourier-lifespan")
         await self._inbox.put({"type": "lifespan.startup"})
-        message = await asyncio.wait_for(self._outbox.get(), timeout)
+        message = await within(self._outbox.get(), timeout)
         kind = message["type"]
         if kind == "lifespan.startup.complete":
             return
@@ -65,7 +65,7 @@ class Lifespan:
         if self.supported and not self._task.done():
             await self._inbox.put({"type": "lifespan.shutdown"})
             try:
-                message = await asyncio.wait_for(self._outbox.get(), timeout)
+                message = await within(self._outbox.get(), timeout)
             except TimeoutError:
                 logger.warning("app shutdown did not finish within %.0f s", timeout)
             else:
@@ -73,7 +73,5 @@ class Lifespan:
                     logger.error("app shutdown failed: %s", message.get("message", ""))
                 elif message["type"] == "kourier.lifespan.error":
                     logger.error("app shutdown raised: %r", message.get("error"))
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
         self._task = None

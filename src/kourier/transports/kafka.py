@@ -52,6 +52,7 @@ from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped]
 from aiokafka.protocol.metadata import MetadataRequest  # type: ignore[import-untyped]
 from aiokafka.structs import TopicPartition as KafkaTopicPartition  # type: ignore[import-untyped]
 
+from kourier._aio import within
 from kourier.errors import BrokerError, PublishError
 from kourier.settings import Settings
 from kourier.transports.base import (
@@ -148,7 +149,7 @@ class KafkaTransport(Transport):
             max_request_size=self._max_request_size,
         )
         try:
-            await asyncio.wait_for(producer.start(), REQUEST_TIMEOUT)
+            await within(producer.start(), REQUEST_TIMEOUT)
         except (KafkaError, OSError, TimeoutError) as err:
             await producer.stop()
             reason = _reason(err)
@@ -230,8 +231,8 @@ class KafkaTransport(Transport):
     async def _create_topics(self, specs: Sequence[TopicSpec]) -> None:
         admin = AIOKafkaAdminClient(**self._options)
         try:
-            await asyncio.wait_for(admin.start(), REQUEST_TIMEOUT)
-            response = await asyncio.wait_for(
+            await within(admin.start(), REQUEST_TIMEOUT)
+            response = await within(
                 admin.create_topics(
                     [
                         NewTopic(
@@ -305,7 +306,7 @@ class KafkaTransport(Transport):
         """
         client = self._running_producer().client
         try:
-            response = await asyncio.wait_for(
+            response = await within(
                 _send_to_any_broker(
                     client, MetadataRequest(list(topics), allow_auto_topic_creation=False)
                 ),
@@ -360,9 +361,7 @@ class KafkaTransport(Transport):
             return False
         try:
             # An empty topic list asks for brokers only: the cheapest round trip there is.
-            await asyncio.wait_for(
-                _send_to_any_broker(self._producer.client, MetadataRequest([])), timeout
-            )
+            await within(_send_to_any_broker(self._producer.client, MetadataRequest([])), timeout)
         except Exception:
             return False
         return True
@@ -373,7 +372,7 @@ async def _why_unreachable(options: dict[str, Any]) -> str:
     reasons = []
     for host, port, _family in collect_hosts(options["bootstrap_servers"], randomize=False):
         try:
-            connection = await asyncio.wait_for(
+            connection = await within(
                 create_conn(
                     host,
                     port,
@@ -437,7 +436,7 @@ class KafkaGroupConsumer(GroupConsumer):
         # aiokafka's start returns after the first join, once this member has its
         # (possibly empty) assignment; other members may hold it up by a rebalance.
         try:
-            await asyncio.wait_for(self._join(consumer), rebalance_timeout + REQUEST_TIMEOUT)
+            await within(self._join(consumer), rebalance_timeout + REQUEST_TIMEOUT)
         except (KafkaError, OSError, TimeoutError) as err:
             await consumer.stop()
             raise BrokerError(
@@ -501,7 +500,7 @@ class KafkaGroupConsumer(GroupConsumer):
         consumer = self._running()
         kafka_offsets = {KafkaTopicPartition(t, p): o for (t, p), o in offsets.items()}
         try:
-            await asyncio.wait_for(consumer.commit(kafka_offsets), REQUEST_TIMEOUT)
+            await within(consumer.commit(kafka_offsets), REQUEST_TIMEOUT)
         except (KafkaError, IllegalOperation, TimeoutError) as err:
             where = ", ".join(f"{t}[{p}]" for t, p in sorted(offsets))
             if isinstance(err, CommitFailedError):
@@ -523,10 +522,10 @@ class KafkaGroupConsumer(GroupConsumer):
         if not assigned:
             return {}
         try:
-            ends = await asyncio.wait_for(consumer.end_offsets(assigned), REQUEST_TIMEOUT)
+            ends = await within(consumer.end_offsets(assigned), REQUEST_TIMEOUT)
             lags: dict[TopicPartition, int] = {}
             for tp in assigned:
-                position = await asyncio.wait_for(consumer.position(tp), REQUEST_TIMEOUT)
+                position = await within(consumer.position(tp), REQUEST_TIMEOUT)
                 lags[(tp.topic, tp.partition)] = max(0, ends[tp] - position)
         except (KafkaError, IllegalStateError, TimeoutError) as err:
             raise BrokerError(
@@ -625,9 +624,7 @@ class KafkaPartitionReader(PartitionReader):
         consumer = AIOKafkaConsumer(**self._transport._consumer_options(), group_id=None)
         tp = KafkaTopicPartition(topic, partition)
         try:
-            await asyncio.wait_for(
-                self._start_at(consumer, tp, self.from_beginning), REQUEST_TIMEOUT
-            )
+            await within(self._start_at(consumer, tp, self.from_beginning), REQUEST_TIMEOUT)
         except (KafkaError, OSError, TimeoutError) as err:
             await consumer.stop()
             raise BrokerError(f"cannot read {topic}[{partition}]: {_reason(err)}") from err
