@@ -121,6 +121,30 @@ async def test_one_way_send_is_handled_and_answers_nothing(stack: Stack) -> None
     assert client.inbox.waiting == 0
 
 
+async def test_enqueued_one_way_messages_are_all_handled_in_key_order(stack: Stack) -> None:
+    """Hundreds of enqueued messages: one flush, all handled, each key's in order."""
+    service = await stack.service()
+    client = await stack.client()
+    apps.events.clear()
+    deliveries = [
+        await client.enqueue(
+            "orders", "POST", "/events", json={"key": n % 3, "n": n}, key=str(n % 3)
+        )
+        for n in range(300)
+    ]
+    await client.flush()
+    assert all(delivery.done() for delivery in deliveries)
+    for _ in range(400):
+        if len(apps.events) >= 300:
+            break
+        await asyncio.sleep(0.05)
+    assert sorted(event["n"] for event in apps.events) == list(range(300))
+    for key in range(3):
+        handled = [event["n"] for event in apps.events if event["key"] == key]
+        assert handled == sorted(handled)
+    assert service.stats.one_way == 300
+
+
 async def test_a_caller_timeout_raises_and_the_late_reply_is_dropped(stack: Stack) -> None:
     """A slow handler makes the caller time out; its reply later is ignored."""
     await stack.service()

@@ -1,6 +1,14 @@
 """kourier: serve ASGI apps over Apache Kafka, and call them with httpx or natively."""
 
-from kourier.client import Client, ClientStats, KourierTransport, ReplyStream, Response, Retry
+from kourier.client import (
+    Client,
+    ClientStats,
+    Delivery,
+    KourierTransport,
+    ReplyStream,
+    Response,
+    Retry,
+)
 from kourier.errors import (
     BrokerError,
     KourierError,
@@ -20,6 +28,7 @@ __all__ = [
     "BrokerError",
     "Client",
     "ClientStats",
+    "Delivery",
     "KourierError",
     "KourierTransport",
     "ProtocolError",

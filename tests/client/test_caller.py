@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from collections.abc import Awaitable, Sequence
+from typing import Any
 
 import httpx
 import pytest
 
 from kourier import protocol
 from kourier.client import Client
-from kourier.errors import ProtocolError, ReplyTimeout, RequestTooLarge, StreamBroken
+from kourier.errors import (
+    ProtocolError,
+    PublishError,
+    ReplyTimeout,
+    RequestTooLarge,
+    StreamBroken,
+)
 from kourier.protocol import Request
 from kourier.settings import Settings
 from kourier.transports.memory import MemoryBroker, MemoryTransport
@@ -288,6 +297,109 @@ async def test_send_with_timeout_carries_a_deadline(
     await client.send("orders", "POST", "/events", timeout=30)
     [record] = records(broker, settings.request_topic("orders"))
     assert record.deadline_ms is not None and record.deadline_ms > protocol.now_ms() + 29_000
+
+
+async def test_enqueue_returns_before_the_ack_and_the_delivery_gives_the_id(
+    client: Client, broker: MemoryBroker, settings: Settings
+) -> None:
+    """enqueue() queues without waiting; awaiting the Delivery gives the id once acked."""
+    deliveries = [
+        await client.enqueue("orders", "POST", "/events", json={"n": n}, key="k") for n in range(5)
+    ]
+    ids = [await delivery for delivery in deliveries]
+    assert all(delivery.done() for delivery in deliveries)
+    assert ids == [delivery.request_id for delivery in deliveries] and len(set(ids)) == 5
+    assert await deliveries[0] == ids[0]  # a delivery may be awaited again
+    sent = records(broker, settings.request_topic("orders"))
+    assert [r.id for r in sent] == ids
+    assert [r.body for r in sent] == [f'{{"n":{n}}}'.encode() for n in range(5)]
+    await client.flush()
+
+
+class RefusingTransport(MemoryTransport):
+    """Queues every record, then fails the ack of those whose value says so."""
+
+    async def publish(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        partition: int | None = None,
+    ) -> Awaitable[None]:
+        if b"refuse" not in value:
+            return await super().publish(
+                topic, value, key=key, headers=headers, partition=partition
+            )
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(ack.set_exception, PublishError("broker said no"))
+        return ack
+
+
+async def test_flush_raises_for_a_refused_message_nobody_awaited(settings: Settings) -> None:
+    """A failed delivery is never silent: its await raises, and so does the next flush."""
+    async with Client(settings, transport=RefusingTransport()) as client:
+        good = await client.enqueue("orders", "POST", "/events", content=b"fine")
+        bad = await client.enqueue("orders", "POST", "/events", content=b"refuse me")
+        await client.enqueue("orders", "POST", "/events", content=b"refuse me too")
+        with pytest.raises(PublishError, match="broker said no"):
+            await bad
+        assert await good == good.request_id
+        with pytest.raises(PublishError, match=r"^2 enqueued message\(s\) were not acknowledged"):
+            await client.flush()
+        await client.flush()  # reported once: the next flush has nothing to say
+        with pytest.raises(PublishError, match="broker said no"):
+            await client.send("orders", "POST", "/events", content=b"refuse")
+
+
+async def test_enqueue_validates_before_queueing(
+    client: Client, broker: MemoryBroker, settings: Settings
+) -> None:
+    """A bad one-way message raises at once and nothing reaches the topic."""
+    with pytest.raises(ValueError, match="timeout"):
+        await client.enqueue("orders", "POST", "/events", timeout=-1)
+    with pytest.raises(ValueError, match="start with"):
+        await client.enqueue("orders", "POST", "events")
+    assert records(broker, settings.request_topic("orders")) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "target"),
+    [
+        ("/orders/17", None, "/orders/17"),
+        ("/a%2Fb?x=1&y=%41", None, "/a%2Fb?x=1&y=%41"),
+        ("/a b?q=é", None, "/a%20b?q=%C3%A9"),
+        ("/100%", None, "/100%"),  # httpx leaves a stray % as it is
+        ("//double", None, "//double"),
+        ("/o?z=0", {"a": 1, "b": ["x", "y"]}, "/o?z=0&a=1&b=x&b=y"),
+    ],
+)
+async def test_the_target_is_encoded_as_httpx_would(
+    client: Client, broker: MemoryBroker, settings: Settings, path: str, params: Any, target: str
+) -> None:
+    """Safe targets pass as they are, others are percent-encoded; "//x" stays a path."""
+    await client.send("orders", "GET", path, params=params)
+    [record] = records(broker, settings.request_topic("orders"))
+    assert record.target == target
+
+
+def test_request_ids_are_unique_hex_and_differ_in_a_forked_child() -> None:
+    """32 hex digits, never repeated in a process, and a child process draws anew."""
+    ids = {protocol.new_request_id() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report one id and leave at once
+        os.write(write, protocol.new_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as pipe:
+        child = pipe.read().decode()
+    parent = protocol.new_request_id()
+    assert len(child) == 32 and child[:20] != parent[:20]
 
 
 # -- streams ---------------------------------------------------------------------------

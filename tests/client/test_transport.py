@@ -246,6 +246,7 @@ def test_exports_are_complete_and_sorted() -> None:
     assert set(names) == {
         "Client",
         "ClientStats",
+        "Delivery",
         "KourierTransport",
         "ReplyStream",
         "Response",

@@ -19,7 +19,7 @@ import json as jsonlib
 import logging
 import re
 import warnings
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -34,6 +34,7 @@ from kourier.client.responses import ReplyStream, Response
 from kourier.client.retry import Retry
 from kourier.errors import (
     BrokerError,
+    PublishError,
     ReplyTimeout,
     RequestTooLarge,
     SettingsError,
@@ -57,6 +58,35 @@ RetryOption = Retry | Literal[False] | None
 logger = logging.getLogger("kourier.client")
 
 _METHOD = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}$")
+#: A target httpx would leave as it is: unreserved, sub-delims, ":@/?" and %XX only.
+_SAFE_TARGET = re.compile(r"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*")
+_TARGET_BASE = "http://kourier"
+
+
+class Delivery:
+    """A one-way message the producer has queued (``Client.enqueue``).
+
+    ``await delivery`` returns the request id once the broker has acknowledged the
+    message, or raises ``PublishError``; it may be awaited more than once.
+    """
+
+    __slots__ = ("_ack", "request_id")
+
+    def __init__(self, request_id: str, ack: asyncio.Future[None]) -> None:
+        self.request_id = request_id
+        self._ack = ack
+
+    def done(self) -> bool:
+        """True once the broker acknowledged or refused the message."""
+        return self._ack.done()
+
+    def __await__(self) -> Generator[Any, None, str]:
+        yield from self._ack.__await__()
+        return self.request_id
+
+    def __repr__(self) -> str:
+        state = "settled" if self._ack.done() else "pending"
+        return f"<Delivery {self.request_id} {state}>"
 
 
 @dataclass(slots=True)
@@ -102,6 +132,8 @@ class Client:
         self.transport = transport if transport is not None else _kafka(self.settings)
         self.inbox = ReplyInbox(self.transport, self.settings)
         self._ready_topics: set[str] = set()
+        self._deliveries: set[asyncio.Future[None]] = set()
+        self._delivery_failures: list[BaseException] = []
         self._started = False
 
     async def start(self) -> None:
@@ -206,27 +238,60 @@ class Client:
         """Send a one-way message; return its request id once the broker has it.
 
         Nothing comes back. With ``timeout`` the message carries a deadline after which
-        the service skips it; without, it waits as long as it takes.
+        the service skips it; without, it waits as long as it takes. One message at a
+        time: to send many, ``enqueue`` them and await their deliveries.
         """
-        if timeout is not None:
-            timeout = self._timeout(timeout)
         topic = self.settings.request_topic(service)
         with self._call(service, method, path, topic, one_way=True) as call:
-            request = await self._request(
-                method,
-                path,
-                headers,
-                content,
-                json,
-                params,
-                key,
-                request_id,
-                timeout,
-                two_way=False,
+            delivery = await self._enqueue(
+                call, topic, method, path, headers, content, json, params, key, timeout, request_id
             )
-            call.request_id(request.id)
-            await self._publish(topic, request, None)
-        return request.id
+            await delivery
+        return delivery.request_id
+
+    async def enqueue(
+        self,
+        service: str,
+        method: str,
+        path: str,
+        *,
+        headers: Headers | None = None,
+        content: bytes | str | None = None,
+        json: Any = None,
+        params: Params | None = None,
+        key: Key | None = None,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> Delivery:
+        """Hand a one-way message to the producer; await the ``Delivery`` for the ack.
+
+        Returns as soon as the record is queued (it waits only while the producer's
+        buffer is full), so messages go out in batches: ``send`` waits a round trip per
+        message, this does not. Messages with the same ``key`` keep their order.
+        Awaiting the delivery gives the request id once the broker has the message, or
+        raises ``PublishError``; ``flush`` waits for all of them and raises if any
+        failed, so no failure goes unseen when the deliveries are not awaited one by one.
+        """
+        topic = self.settings.request_topic(service)
+        with self._call(service, method, path, topic, one_way=True) as call:
+            return await self._enqueue(
+                call, topic, method, path, headers, content, json, params, key, timeout, request_id
+            )
+
+    async def flush(self) -> None:
+        """Wait until the broker has acknowledged or refused every enqueued message.
+
+        Raises ``PublishError`` if any message enqueued since the last ``flush`` was
+        refused or not acknowledged, whether or not its delivery was awaited.
+        """
+        while self._deliveries:
+            await asyncio.wait(list(self._deliveries))
+        failures, self._delivery_failures = self._delivery_failures, []
+        if failures:
+            first = failures[0]
+            raise PublishError(
+                f"{len(failures)} enqueued message(s) were not acknowledged; the first: {first}"
+            ) from first
 
     @asynccontextmanager
     async def stream(
@@ -524,13 +589,10 @@ class Client:
             self.stats.timeouts += 1
             raise
 
-    async def _publish(self, topic: str, request: Request, deadline: float | None) -> None:
-        """Publish and wait for the broker's ack (for a two-way call, until its deadline)."""
+    async def _publish(self, topic: str, request: Request, deadline: float) -> None:
+        """Publish a two-way request and wait for the broker's ack, until the deadline."""
         await self._ensure_topic(topic)
         key, value, headers = protocol.encode_request(request)
-        if deadline is None:
-            await (await self.transport.publish(topic, value, key=key, headers=headers))
-            return
         try:
             async with asyncio.timeout_at(deadline):
                 await (await self.transport.publish(topic, value, key=key, headers=headers))
@@ -538,6 +600,41 @@ class Client:
             raise ReplyTimeout(
                 f"the broker did not acknowledge request {request.id} before its deadline"
             ) from None
+
+    async def _enqueue(
+        self,
+        call: Call,
+        topic: str,
+        method: str,
+        path: str,
+        headers: Headers | None,
+        content: bytes | str | None,
+        json: Any,
+        params: Params | None,
+        key: Key | None,
+        timeout: float | None,
+        request_id: str | None,
+    ) -> Delivery:
+        """Build a one-way request and queue it: its delivery, tracked until settled."""
+        if timeout is not None:
+            timeout = self._timeout(timeout)
+        request = await self._request(
+            method, path, headers, content, json, params, key, request_id, timeout, two_way=False
+        )
+        call.request_id(request.id)
+        await self._ensure_topic(topic)
+        record_key, value, record_headers = protocol.encode_request(request)
+        ack = asyncio.ensure_future(
+            await self.transport.publish(topic, value, key=record_key, headers=record_headers)
+        )
+        self._deliveries.add(ack)
+        ack.add_done_callback(self._settled)
+        return Delivery(request.id, ack)
+
+    def _settled(self, ack: asyncio.Future[None]) -> None:
+        self._deliveries.discard(ack)
+        if not ack.cancelled() and (error := ack.exception()) is not None:
+            self._delivery_failures.append(error)
 
     async def _ensure_topic(self, topic: str) -> None:
         # Creating a service's topic here lets calls queue up before it first starts.
@@ -590,7 +687,10 @@ def _target(path: str, params: Params | None) -> str:
     """The origin-form target: the path, percent-encoded as needed, and the query."""
     if not path.startswith("/"):
         raise ValueError(f"path {path[:60]!r} must start with '/'")
-    url = httpx.URL(path)
+    if params is None and _SAFE_TARGET.fullmatch(path):
+        return path  # nothing to encode: the common case, without parsing a URL
+    # Under a scheme and host, so that a path starting with "//" stays a path.
+    url = httpx.URL(_TARGET_BASE + path)
     if params is not None:
         url = url.copy_merge_params(params)
     return url.raw_path.decode("ascii")
