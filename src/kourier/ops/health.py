@@ -18,6 +18,7 @@ lag); the thread only reads attributes and never awaits or calls into the loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import socketserver
@@ -146,9 +147,15 @@ class HealthServer:
     async def _ping_loop(self) -> None:
         while True:
             self._broker_ok = await self._ping()
-            # After a failure (also: the transport not started yet, as during start-up)
-            # look again soon, so readiness follows the broker within a second.
-            await asyncio.sleep(self.sample_interval if self._broker_ok else 0.5)
+            # After a failure look again soon, so readiness follows the broker within a
+            # second; while the service starts (its transport not up yet), look again
+            # the moment it is up, so start-up does not wait out a ping interval.
+            delay = self.sample_interval if self._broker_ok else 0.5
+            if self.service.ready.is_set():
+                await asyncio.sleep(delay)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await within(self.service.ready.wait(), delay)
 
     async def _ping(self) -> bool:
         try:
