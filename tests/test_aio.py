@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import pytest
 
 from kourier._aio import cancel_and_wait, within
 
 
-async def cancelled_as_the_result_arrives(wrap: Callable[[Awaitable[int]], Awaitable[int]]) -> bool:
+async def cancelled_as_the_result_arrives(
+    wrap: Callable[[Awaitable[int]], Coroutine[Any, Any, int]],
+) -> bool:
     """Cancel a task in the same loop step as its awaited result lands: did it end?"""
     result: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(wrap(result))
