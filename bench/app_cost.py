@@ -3,54 +3,35 @@ HTTP-shaped target.
 
 The app is called as an ASGI callable in this process, in a loop, with the same request
 the targets send; the CPU time per call is what its service pays for FastAPI and the
-handler whatever carries the request (uvicorn, kourier). The raw Kafka baselines do not
-pay it: they answer with hand-written code.
+handler whatever carries the request (uvicorn, kourier, ``raw_aiokafka_app``, which calls
+it through the same hand-written ASGI call as here, ``bench.common.call_asgi``). The raw
+echo baselines (``raw_aiokafka``, ``raw_confluent``) do not pay it: they answer with
+hand-written code.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
-from bench.common import ECHO_BODY
+from bench.common import ECHO_BODY, JSON_CONTENT, call_asgi, http_scope
 
-#: (label, method, path, body) of the calls whose cost is measured.
-CALLS = [
-    ("POST /echo", "POST", "/echo", ECHO_BODY),
-    ("POST /events", "POST", "/events", b"x" * 200),
+#: (label, method, path, body, headers) of the calls whose cost is measured: what the
+#: kourier target sends.
+CALLS: list[tuple[str, str, str, bytes, tuple[tuple[bytes, bytes], ...]]] = [
+    ("POST /echo", "POST", "/echo", ECHO_BODY, JSON_CONTENT),
+    ("POST /events", "POST", "/events", b"x" * 200, ()),
 ]
 
 
-async def _call(app: Any, method: str, path: str, body: bytes) -> None:
-    delivered = False
+async def _discard(status: int, body: bytes, more: bool) -> None:
+    pass
 
-    async def receive() -> dict[str, Any]:
-        nonlocal delivered
-        if not delivered:
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await asyncio.Event().wait()  # no disconnect while the app runs
-        raise AssertionError("unreachable")
 
-    async def send(message: dict[str, Any]) -> None:
-        pass
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-type", b"application/json"), (b"host", b"bench")],
-        "server": ("bench", 80),
-        "client": None,
-    }
-    await app(scope, receive, send)
+async def _call(
+    app: Any, method: str, path: str, body: bytes, headers: tuple[tuple[bytes, bytes], ...]
+) -> None:
+    await call_asgi(app, http_scope(method, path, headers=headers), body, _discard)
 
 
 async def cost_us(calls: int = 10_000, warmup: int = 1_000) -> dict[str, float]:
@@ -58,11 +39,11 @@ async def cost_us(calls: int = 10_000, warmup: int = 1_000) -> dict[str, float]:
     from bench.app import app
 
     costs: dict[str, float] = {}
-    for label, method, path, body in CALLS:
+    for label, method, path, body, headers in CALLS:
         for _ in range(warmup):
-            await _call(app, method, path, body)
+            await _call(app, method, path, body, headers)
         started = time.process_time()
         for _ in range(calls):
-            await _call(app, method, path, body)
+            await _call(app, method, path, body, headers)
         costs[label] = (time.process_time() - started) / calls * 1e6
     return costs

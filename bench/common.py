@@ -9,8 +9,9 @@ Each target module exposes ``open_bench(bootstrap: str, ...)``, an async context
 that creates its topics, starts its service side in a separate process, yields a ready
 :class:`Bench` and tears everything down again.
 
-The rest is plumbing the Kafka baselines share: percentiles, unique throw-away topics,
-the service subprocess and its line protocol on stdout, and an off-path offset committer.
+The rest is plumbing the Kafka baselines share: their wire contract, a hand-written ASGI
+call (``http_scope``, ``call_asgi``), percentiles, unique throw-away topics, the service
+subprocess and its line protocol on stdout, and an off-path offset committer.
 """
 
 from __future__ import annotations
@@ -30,7 +31,15 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +57,8 @@ H_REPLY_PARTITION = "reply-partition"
 H_KIND = "kind"  # absent for a plain call; b"stream" or b"end" (end of a one-way burst)
 H_ITEMS = "items"  # number of reply records a b"stream" request asks for
 H_LAST = "last"  # set on the final reply record of a stream
+H_EXPECT = "expect"  # on the end marker of a one-way burst: how many events it closes
+H_STATUS = "status"  # HTTP status of an answer from an app (the first record of a stream)
 
 KIND_STREAM = b"stream"
 KIND_END = b"end"
@@ -64,6 +75,68 @@ def echo_reply(body: bytes) -> bytes:
 def stream_item(i: int) -> bytes:
     """The i-th item of a streamed reply (one NDJSON line over HTTP, one record over Kafka)."""
     return json.dumps({"i": i, "item": f"item-{i}"}, separators=(",", ":")).encode()
+
+
+# -- calling an ASGI app by hand -----------------------------------------------------------
+
+#: An ASGI application (bench.app's FastAPI app), called as ``await app(scope, receive, send)``.
+AsgiApp = Callable[[Any, Any, Any], Coroutine[Any, Any, None]]
+#: Gets each ``http.response.body`` as (status, body, more_body).
+BodySink = Callable[[int, bytes, bool], Awaitable[None]]
+
+JSON_CONTENT = ((b"content-type", b"application/json"),)
+
+
+def http_scope(
+    method: str,
+    path: str,
+    query: bytes = b"",
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> dict[str, Any]:
+    """The ASGI ``http`` scope of one request (a fresh dict: frameworks write into it)."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": [(b"host", b"bench"), *headers],
+        "server": ("bench", 80),
+        "client": None,
+    }
+
+
+async def call_asgi(app: AsgiApp, scope: dict[str, Any], body: bytes, on_body: BodySink) -> int:
+    """One request through ``app``; its status.
+
+    ``receive()`` gives ``body`` in one message and then waits (no disconnect while the
+    app runs); each ``http.response.body`` the app sends goes to ``on_body`` as it comes.
+    """
+    status = 0
+    pending = True
+
+    async def receive() -> dict[str, Any]:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        kind = message["type"]
+        if kind == "http.response.start":
+            status = message["status"]
+        elif kind == "http.response.body":
+            await on_body(status, message.get("body", b""), message.get("more_body", False))
+
+    await app(scope, receive, send)
+    return status
 
 
 # -- statistics -----------------------------------------------------------------------------

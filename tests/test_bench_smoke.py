@@ -1,9 +1,9 @@
 """The benchmark suite (bench/run.py) in miniature, so that it cannot rot unnoticed.
 
 It runs every scenario against kourier (both callers) and every baseline (raw aiokafka,
-raw confluent-kafka, plain HTTP) with tiny counts, and checks that the numbers are sane
-(positive rates, latencies above zero), never that a target is met: that is what
-``python -m bench.run`` on a quiet machine is for.
+raw confluent-kafka, raw aiokafka calling bench.app, plain HTTP) with tiny counts, and
+checks that the numbers are sane (positive rates, latencies above zero), never that a
+target is met: that is what ``python -m bench.run`` on a quiet machine is for.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 import httpx
 import pytest
 from bench import report
-from bench.common import ECHO_BODY, echo_reply, stream_item
+from bench.common import ECHO_BODY, JSON_CONTENT, call_asgi, echo_reply, http_scope, stream_item
 from bench.run import DEFAULT_TARGETS, TARGETS, Config, Results, Round, run_all
 
 from tests.conftest import kafka_bootstrap
@@ -31,6 +31,24 @@ async def test_the_app_answers_what_the_raw_baselines_emulate() -> None:
         items = await client.get("/items", params={"n": 3})
     assert echo.content == echo_reply(ECHO_BODY)
     assert items.content.splitlines() == [stream_item(i) for i in range(3)]
+
+
+async def test_the_hand_written_asgi_call_gets_what_the_app_sends() -> None:
+    """raw_aiokafka_app's ASGI call: the echo's status and body, one chunk per item."""
+    from bench.app import app
+
+    sent: list[tuple[int, bytes, bool]] = []
+
+    async def collect(status: int, body: bytes, more: bool) -> None:
+        sent.append((status, body, more))
+
+    scope = http_scope("POST", "/echo", headers=JSON_CONTENT)
+    assert await call_asgi(app, scope, ECHO_BODY, collect) == 200
+    assert sent == [(200, echo_reply(ECHO_BODY), False)]
+    sent.clear()
+    assert await call_asgi(app, http_scope("GET", "/items", b"n=3"), b"", collect) == 200
+    items = [(200, stream_item(i) + b"\n", True) for i in range(3)]
+    assert sent == [*items, (200, b"", False)]
 
 
 def tiny(bootstrap: str) -> Config:
@@ -110,3 +128,16 @@ def test_the_report_marks_a_missed_target() -> None:
     assert "2.00x" in p50 and "**missed**" in p50
     rss = next(row for row in rows if "idle service RSS" in row)
     assert rss.endswith("| met |")
+
+
+def test_the_report_sets_kourier_beside_the_raw_baseline_with_the_same_app() -> None:
+    """The extra column divides by raw_aiokafka_app, which is never the "best raw"."""
+    targets = ["kourier", "raw_aiokafka", "raw_aiokafka_app"]
+    config = Config("127.0.0.1:9092", targets=targets, reps=1)
+    p50 = {"kourier": 4.0, "raw_aiokafka": 2.0, "raw_aiokafka_app": 1.0}
+    results = Results(rounds=[Round(0, t, {"seq_p50_ms": v}) for t, v in p50.items()])
+    text = report.render(config, results, [])
+    assert "| kourier ÷ best raw | kourier ÷ raw with the same app |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| (1)"))
+    assert "| 2.00x | 4.00x |" in row and "**missed**" in row
+    assert "seq p50 latency (ms) 4.00x." in text

@@ -23,82 +23,32 @@ Service side: ``python -m bench.baselines.raw_confluent serve --bootstrap B --re
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import contextlib
 import functools
 import queue
 import threading
-import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from bench.common import (
-    CALL_TIMEOUT_S,
-    ECHO_BODY,
-    H_CORRELATION,
-    H_ITEMS,
-    H_KIND,
-    H_LAST,
-    H_REPLY_PARTITION,
-    H_REPLY_TO,
-    KIND_END,
-    KIND_STREAM,
-    Bench,
-    Committer,
-    Offsets,
-    ServiceProcess,
-    Topics,
-    announce,
-    echo_reply,
-    stream_item,
-    temporary_topics,
-    wait_for_shutdown,
-)
+from bench.baselines import _shared as shared
+from bench.common import Committer, Offsets, Topics, echo_reply, stream_item
 
 MODULE = "bench.baselines.raw_confluent"
 
-#: Headers as produce() takes them and Message.headers() returns them.
-Headers = list[tuple[str, str | bytes | None]]
-
 
 @dataclass(frozen=True, slots=True)
-class Tuning:
-    """The knobs the benchmark varies; both sides of a session use the same."""
+class Tuning(shared.Tuning):
+    """The shared knobs, and one of librdkafka's."""
 
-    linger_ms: int = 0
-    fetch_max_wait_ms: int = 5
     #: librdkafka's max.in.flight.requests.per.connection; None keeps its default (1e6).
     #: With linger 0 and no limit, every message under load becomes its own ProduceRequest;
     #: 1 makes messages queue behind the request in flight and go out as one batch.
     max_in_flight: int | None = None
-
-    def to_args(self) -> list[str]:
-        args = [
-            "--linger-ms",
-            str(self.linger_ms),
-            "--fetch-max-wait-ms",
-            str(self.fetch_max_wait_ms),
-        ]
-        if self.max_in_flight is not None:
-            args += ["--max-in-flight", str(self.max_in_flight)]
-        return args
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        default = cls()
-        parser.add_argument("--linger-ms", type=int, default=default.linger_ms)
-        parser.add_argument("--fetch-max-wait-ms", type=int, default=default.fetch_max_wait_ms)
-        parser.add_argument("--max-in-flight", type=int, default=default.max_in_flight)
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Tuning:
-        return cls(args.linger_ms, args.fetch_max_wait_ms, args.max_in_flight)
 
 
 def producer_conf(bootstrap: str, client_id: str, tuning: Tuning) -> dict[str, Any]:
@@ -128,27 +78,10 @@ def consumer_conf(bootstrap: str, client_id: str, group: str, tuning: Tuning) ->
     }
 
 
-def header(headers: Headers | dict[str, str | bytes | None] | None, key: str) -> bytes | None:
-    """The value of header ``key`` (the first one, as bytes), or None."""
-    pairs = headers.items() if isinstance(headers, dict) else headers or ()
-    for name, value in pairs:
-        if name == key:
-            return value.encode() if isinstance(value, str) else value
-    return None
-
-
-def required_header(message: Message, key: str) -> bytes:
-    value = header(message.headers(), key)
-    if value is None:
-        raise ValueError(f"request without {key} header at offset {message.offset()}")
-    return value
-
-
 # -- asyncio bridges ------------------------------------------------------------------------
 
 
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
-StreamItem = tuple[bytes, bool] | Exception  # (value, is last) or why the stream failed
 
 
 class AsyncProducer:
@@ -179,7 +112,7 @@ class AsyncProducer:
         *,
         on_delivery: DeliveryCallback,
         partition: int = -1,
-        headers: Headers | None = None,
+        headers: shared.Headers | None = None,
     ) -> None:
         """Queue one message, waiting while librdkafka's local queue is full."""
         while True:
@@ -324,27 +257,19 @@ class ConsumerThread:
 
 
 class EchoService:
-    """Answers requests with :func:`bench.common.echo_reply` and counts one-way events."""
+    """The echo service on librdkafka: echoes requests, counts one-way events."""
 
-    def __init__(
-        self,
-        bootstrap: str,
-        requests_topic: str,
-        events_topic: str,
-        group: str,
-        tuning: Tuning,
-    ) -> None:
-        self._topics = [requests_topic, events_topic]
-        self._events_topic = events_topic
+    def __init__(self, serving: shared.Serving, tuning: Tuning) -> None:
+        self._serving = serving
         client_id = "bench-confluent-service"
-        self._producer = AsyncProducer(producer_conf(bootstrap, client_id, tuning))
+        self._producer = AsyncProducer(producer_conf(serving.bootstrap, client_id, tuning))
         self._batches: asyncio.Queue[list[Message]] = asyncio.Queue()
         self._consumer = ConsumerThread(
-            consumer_conf(bootstrap, client_id, group, tuning),
+            consumer_conf(serving.bootstrap, client_id, serving.group, tuning),
             self._batches.put_nowait,
         )
         self._committer = Committer(self._commit)
-        self._events_seen = 0
+        self._events = shared.EventTally()
 
     async def _commit(self, offsets: Offsets) -> None:
         await self._consumer.commit(offsets)
@@ -359,19 +284,10 @@ class EchoService:
                 loop.call_soon_threadsafe(assigned.set)
 
         self._producer.start()
-        self._consumer.consumer.subscribe(self._topics, on_assign=on_assign)
+        self._consumer.consumer.subscribe(self._serving.topics, on_assign=on_assign)
         self._consumer.start()
         try:
-            async with asyncio.TaskGroup() as tasks:
-                handling = tasks.create_task(self._handle_loop())
-                committing = tasks.create_task(self._committer.run())
-                async with asyncio.timeout(60):
-                    await assigned.wait()
-                announce("READY")
-                await wait_for_shutdown()
-                handling.cancel()
-                await self._committer.drain()
-                committing.cancel()
+            await shared.serve(self._handle_loop, self._committer, assigned)
         finally:
             await self._consumer.close()
             await self._producer.close()
@@ -385,73 +301,50 @@ class EchoService:
                 if (error := message.error()) is not None:
                     raise KafkaException(error)
                 topic = message.topic() or ""
-                if topic == self._events_topic:
-                    self._count_event(message)
+                if topic == self._serving.events:
+                    self._events.event(message.headers())
                 else:
                     await self._answer(message, deliveries)
                 offsets[(topic, message.partition() or 0)] = (message.offset() or 0) + 1
             self._committer.submit([deliveries.seal()], offsets)
 
     async def _answer(self, message: Message, deliveries: Deliveries) -> None:
-        reply_to = required_header(message, H_REPLY_TO).decode()
-        partition = int(required_header(message, H_REPLY_PARTITION))
-        correlation = required_header(message, H_CORRELATION)
+        ask = shared.Ask.of(message.headers())
         produce = self._producer.produce
-        if header(message.headers(), H_KIND) != KIND_STREAM:
+        if ask.items is None:
             await produce(
-                reply_to,
+                ask.reply_to,
                 echo_reply(message.value() or b""),
-                partition=partition,
-                headers=[(H_CORRELATION, correlation)],
+                partition=ask.partition,
+                headers=ask.reply_headers(),
                 on_delivery=deliveries.track(),
             )
             return
-        n_items = int(required_header(message, H_ITEMS))
-        for i in range(n_items):
-            item_headers: Headers = [(H_CORRELATION, correlation)]
-            if i == n_items - 1:
-                item_headers.append((H_LAST, b"1"))
+        last = ask.items - 1
+        for i in range(ask.items):
             await produce(
-                reply_to,
+                ask.reply_to,
                 stream_item(i),
-                partition=partition,
-                headers=item_headers,
+                partition=ask.partition,
+                headers=ask.reply_headers(last=i == last),
                 on_delivery=deliveries.track(),
             )
-
-    def _count_event(self, message: Message) -> None:
-        if header(message.headers(), H_KIND) == KIND_END:
-            announce("END", self._events_seen, repr(time.monotonic()))
-            self._events_seen = 0
-        else:
-            self._events_seen += 1
 
 
 # -- caller side ----------------------------------------------------------------------------
 
 
-class Caller:
-    """Two-way calls, streamed calls and one-way bursts from the calling process."""
+class Caller(shared.RawCaller):
+    """Two-way calls, streamed calls and one-way bursts on librdkafka."""
 
-    def __init__(
-        self,
-        bootstrap: str,
-        topics: Topics,
-        tuning: Tuning,
-    ) -> None:
-        self._topics = topics
-        self._reply_headers: Headers = [
-            (H_REPLY_TO, topics.replies.encode()),
-            (H_REPLY_PARTITION, b"0"),
-        ]
+    def __init__(self, bootstrap: str, topics: Topics, tuning: Tuning) -> None:
+        super().__init__(topics)
         client_id = "bench-confluent-caller"
         self._producer = AsyncProducer(producer_conf(bootstrap, client_id, tuning))
         self._consumer = ConsumerThread(
             consumer_conf(bootstrap, client_id, f"bench.{topics.run_id}.caller", tuning),
             self._dispatch,
         )
-        self._calls: dict[bytes, asyncio.Future[bytes]] = {}
-        self._streams: dict[bytes, asyncio.Queue[StreamItem]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event_failures = 0  # written by the producer's poll thread only
         self._event_error: KafkaError | None = None
@@ -471,48 +364,13 @@ class Caller:
         await self._consumer.close()
         await self._producer.close()
 
-    async def call(self, body: bytes, timeout_s: float = CALL_TIMEOUT_S) -> bytes:
-        correlation = uuid.uuid4().bytes
-        reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._calls[correlation] = reply
-        try:
-            await self._producer.produce(
-                self._topics.requests,
-                body,
-                headers=[(H_CORRELATION, correlation), *self._reply_headers],
-                on_delivery=functools.partial(self._request_delivered, correlation),
-            )
-            async with asyncio.timeout(timeout_s):
-                return await reply
-        finally:
-            self._calls.pop(correlation, None)
-
-    async def stream(self, n_items: int, timeout_s: float = CALL_TIMEOUT_S) -> AsyncIterator[bytes]:
-        correlation = uuid.uuid4().bytes
-        items: asyncio.Queue[StreamItem] = asyncio.Queue()
-        self._streams[correlation] = items
-        try:
-            await self._producer.produce(
-                self._topics.requests,
-                b"",
-                headers=[
-                    (H_CORRELATION, correlation),
-                    *self._reply_headers,
-                    (H_KIND, KIND_STREAM),
-                    (H_ITEMS, str(n_items).encode()),
-                ],
-                on_delivery=functools.partial(self._request_delivered, correlation),
-            )
-            last = False
-            while not last:
-                async with asyncio.timeout(timeout_s):
-                    item = await items.get()
-                if isinstance(item, Exception):
-                    raise item
-                value, last = item
-                yield value
-        finally:
-            self._streams.pop(correlation, None)
+    async def _send_request(self, body: bytes, asks: shared.Headers, correlation: bytes) -> None:
+        await self._producer.produce(
+            self._topics.requests,
+            body,
+            headers=shared.request_headers(correlation, self._address, asks),
+            on_delivery=functools.partial(self._request_delivered, correlation),
+        )
 
     async def burst(self, n: int, size: int) -> None:
         """Send ``n`` one-way events then an end marker; delivery failures are counted."""
@@ -521,9 +379,10 @@ class Caller:
         topic = self._topics.events
         for _ in range(n):
             await produce(topic, payload, on_delivery=self._event_delivered)
-        await produce(topic, b"", headers=[(H_KIND, KIND_END)], on_delivery=self._event_delivered)
+        await produce(topic, b"", headers=shared.end_marker(n), on_delivery=self._event_delivered)
 
-    def check_deliveries(self) -> None:
+    async def delivered(self) -> None:
+        """Raise if a delivery of the bursts so far failed (the service saw the marker)."""
         if self._event_failures:
             raise KafkaException(self._event_error)
 
@@ -538,131 +397,21 @@ class Caller:
         if error is not None and self._loop is not None:
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(
-                    self._request_failed, correlation, KafkaException(error)
+                    self._replies.fail, correlation, KafkaException(error)
                 )
 
-    def _request_failed(self, correlation: bytes, error: KafkaException) -> None:
-        reply = self._calls.pop(correlation, None)
-        if reply is not None and not reply.done():
-            reply.set_exception(error)
-        items = self._streams.get(correlation)
-        if items is not None:
-            items.put_nowait(error)
-
     def _dispatch(self, messages: list[Message]) -> None:
+        accept = self._replies.accept
         for message in messages:
-            if message.error() is not None:
-                continue
-            headers = message.headers()
-            correlation = header(headers, H_CORRELATION)
-            if correlation is None:
-                continue
-            value = message.value() or b""
-            reply = self._calls.pop(correlation, None)
-            if reply is not None:
-                if not reply.done():
-                    reply.set_result(value)
-                continue
-            items = self._streams.get(correlation)
-            if items is not None:
-                items.put_nowait((value, header(headers, H_LAST) is not None))
+            if message.error() is None:
+                accept(message.headers(), message.value() or b"")
 
 
 # -- the benchmark target -------------------------------------------------------------------
 
-
-class RawConfluent(Bench):
-    name = "raw_confluent"
-    service: ServiceProcess
-
-    def __init__(self, caller: Caller, service: ServiceProcess) -> None:
-        self._caller = caller
-        self.service = service
-
-    async def call(self) -> None:
-        reply = await self._caller.call(ECHO_BODY)
-        if not reply.startswith(b'{"ok":true'):
-            raise RuntimeError(f"unexpected reply {reply[:80]!r}")
-
-    def stream_items(self, n_items: int) -> AsyncIterator[bytes]:
-        return self._caller.stream(n_items)
-
-    async def one_way(self, n: int, size: int = 200) -> float:
-        started = time.monotonic()
-        await self._caller.burst(n, size)
-        count, finished = await self.service.expect("END", timeout_s=60.0)
-        self._caller.check_deliveries()
-        if int(count) != n:
-            raise RuntimeError(f"{self.name}: service saw {count} events, expected {n}")
-        return n / (float(finished) - started)
-
-
-def service_process(bootstrap: str, topics: Topics, tuning: Tuning) -> ServiceProcess:
-    """The echo service on ``topics`` as a child process, not started yet."""
-    return ServiceProcess.serving(
-        MODULE,
-        *("--bootstrap", bootstrap, "--requests", topics.requests),
-        *("--events", topics.events, "--group", f"bench.{topics.run_id}.service"),
-        *tuning.to_args(),
-    )
-
-
-@contextlib.asynccontextmanager
-async def open_service(
-    bootstrap: str, *, partitions: int = 1, **tuning: Any
-) -> AsyncIterator[Callable[[], ServiceProcess]]:
-    """Unique topics and a maker of echo service processes on them (to time start-up)."""
-    settings = Tuning(**tuning)
-    async with temporary_topics(bootstrap, partitions) as topics:
-        yield lambda: service_process(bootstrap, topics, settings)
-
-
-@contextlib.asynccontextmanager
-async def open_bench(
-    bootstrap: str, *, partitions: int = 1, **tuning: Any
-) -> AsyncIterator[RawConfluent]:
-    """Unique topics, the echo service in a child process and a started caller.
-
-    ``tuning``: fields of :class:`Tuning` (linger_ms, fetch_max_wait_ms, max_in_flight).
-    """
-    settings = Tuning(**tuning)
-    async with temporary_topics(bootstrap, partitions) as topics:
-        service = service_process(bootstrap, topics, settings)
-        caller = Caller(bootstrap, topics, settings)
-        try:
-            await asyncio.gather(service.start(), caller.start())
-            yield RawConfluent(caller, service)
-        finally:
-            await caller.stop()
-            await service.stop()
-
-
-# -- command line ---------------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the echo service (used as a child process)")
-    serve.add_argument("--bootstrap", required=True)
-    serve.add_argument("--requests", required=True, help="request topic")
-    serve.add_argument("--events", required=True, help="one-way event topic")
-    serve.add_argument("--group", required=True, help="consumer group id")
-    Tuning.add_arguments(serve)
-    args = parser.parse_args(argv)
-    asyncio.run(run_service(args))
-
-
-async def run_service(args: argparse.Namespace) -> None:
-    service = EchoService(
-        args.bootstrap,
-        args.requests,
-        args.events,
-        args.group,
-        Tuning.from_args(args),
-    )
-    await service.run()
-
+BASELINE = shared.Baseline("raw_confluent", MODULE, Tuning, Caller, EchoService)
+open_bench = BASELINE.open_bench
+open_service = BASELINE.open_service
 
 if __name__ == "__main__":
-    main()
+    BASELINE.main()
