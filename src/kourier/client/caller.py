@@ -213,9 +213,12 @@ class Client:
             call.request_id(request.id)
             policy = self._policy(retry, request)
             with self.inbox.expect(request.id) as waiter, self._counting_timeouts():
-                items = [await self._first_item(topic, request, waiter, policy, deadline)]
-                while not items[-1].end:
-                    items.append(await waiter.next(deadline))
+                if policy is None:
+                    items = await self._answer(topic, request, waiter, deadline)
+                else:
+                    items = [await self._first_item(topic, request, waiter, policy, deadline)]
+                    while not items[-1].end:
+                        items.append(await waiter.next(deadline))
             response = Response.from_items(items, method=request.method, url=_url(service, request))
             call.status(response.status_code)
         await self.hooks.emit("response", response)
@@ -446,14 +449,13 @@ class Client:
             raise RuntimeError("the client is not started (use 'async with Client(...)')")
         if key is not None and not isinstance(key, str | bytes):
             raise TypeError(f"key must be str or bytes, not {type(key).__name__}")
-        user_headers = httpx.Headers(headers)
         request = Request(
             id=protocol.new_request_id() if request_id is None else request_id,
             method=method.upper(),
             target=_target(path, params),
-            body=_body(content, json, user_headers),
+            body=_body(content, json),
             # The current span (the call's) travels as W3C trace context headers.
-            headers=inject(list(user_headers.raw)),
+            headers=inject(_user_headers(headers, json_body=json is not None)),
             deadline_ms=None if timeout is None else protocol.now_ms() + int(timeout * 1000),
             reply_to=self.inbox.address if two_way else None,
             key=key.encode("utf-8") if isinstance(key, str) else key,
@@ -542,6 +544,34 @@ class Client:
             logger.info(
                 "retrying request %s (%s): attempt %d of %d", request.id, reason, attempt, attempts
             )
+
+    async def _answer(
+        self, topic: str, request: Request, waiter: ReplyWaiter, deadline: float
+    ) -> list[Reply]:
+        """Publish once and read the whole reply, under one timer for the whole call.
+
+        The common case (no retries) of ``request``; the same as ``_first_item`` with
+        no policy and reading on to the end, without a timer per wait.
+        """
+        await self._ensure_topic(topic)
+        key, value, headers = protocol.encode_request(request)
+        acknowledged = False
+        try:
+            async with asyncio.timeout_at(deadline) as scope:
+                await (await self.transport.publish(topic, value, key=key, headers=headers))
+                acknowledged = True
+                items = [await waiter.next()]
+                while not items[-1].end:
+                    items.append(await waiter.next())
+                return items
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            if not acknowledged:
+                raise ReplyTimeout(
+                    f"the broker did not acknowledge request {request.id} before its deadline"
+                ) from None
+            raise ReplyTimeout(f"no reply to {request.id} in time") from None
 
     async def _attempt(
         self, waiter: ReplyWaiter, policy: Retry, attempt: int, deadline: float
@@ -671,12 +701,23 @@ async def _next_before(waiter: ReplyWaiter, deadline: float) -> Reply | None:
         return None
 
 
-def _body(content: bytes | str | None, json: Any, headers: httpx.Headers) -> bytes:
+_JSON_CONTENT_TYPE = (b"content-type", b"application/json")
+
+
+def _user_headers(headers: Headers | None, *, json_body: bool) -> list[tuple[bytes, bytes]]:
+    """The call's headers as raw pairs; a JSON body adds its content type unless given."""
+    if headers is None:
+        return [_JSON_CONTENT_TYPE] if json_body else []
+    parsed = httpx.Headers(headers)
+    if json_body and "content-type" not in parsed:
+        parsed["content-type"] = "application/json"
+    return list(parsed.raw)
+
+
+def _body(content: bytes | str | None, json: Any) -> bytes:
     if content is not None and json is not None:
         raise ValueError("give content or json, not both")
     if json is not None:
-        if "content-type" not in headers:
-            headers["content-type"] = "application/json"
         return jsonlib.dumps(json, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     if isinstance(content, str):
         return content.encode("utf-8")

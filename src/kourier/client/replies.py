@@ -122,10 +122,11 @@ class ReplyWaiter:
         self._failure = error
         self._changed.set()
 
-    async def next(self, deadline: float) -> Reply:
+    async def next(self, deadline: float | None = None) -> Reply:
         """The next reply item in order; ``ReplyTimeout`` if none before ``deadline``.
 
-        ``deadline`` is on the event loop's clock (``loop.time()``).
+        ``deadline`` is on the event loop's clock (``loop.time()``); None waits without
+        a timer of its own, for a caller that bounds the whole call itself.
         """
         while True:
             self._changed.clear()
@@ -174,7 +175,10 @@ class ReplyWaiter:
             except ReplyTimeout:
                 return complete
 
-    async def _wait(self, deadline: float) -> None:
+    async def _wait(self, deadline: float | None) -> None:
+        if deadline is None:
+            await self._changed.wait()
+            return
         # timeout_at, not wait_for: on 3.11 wait_for can swallow a cancellation of the call.
         try:
             async with asyncio.timeout_at(deadline):

@@ -15,6 +15,7 @@ value other than the trace context into a span.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator, MutableMapping, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -35,13 +36,29 @@ class _Otel(NamedTuple):
     propagate: ModuleType
 
 
+_MISSING = object()
+_loaded: tuple[object, _Otel | None] | None = None
+
+
 def _load() -> _Otel | None:
-    """The OpenTelemetry API, or None if it is not installed (looked up on each use)."""
+    """The OpenTelemetry API, or None if it is not installed.
+
+    Cached per ``sys.modules["opentelemetry"]`` object (one dict lookup per use, not an
+    import), so hiding or installing the package at run time is still seen.
+    """
+    global _loaded
+    module = sys.modules.get("opentelemetry", _MISSING)
+    cached = _loaded
+    if cached is not None and cached[0] is module:
+        return cached[1]
     try:
         from opentelemetry import propagate, trace
     except ImportError:
-        return None
-    return _Otel(trace, propagate)
+        otel = None
+    else:
+        otel = _Otel(trace, propagate)
+    _loaded = (sys.modules.get("opentelemetry", _MISSING), otel)
+    return otel
 
 
 def _active(otel: _Otel, tracer_provider: TracerProvider | None) -> bool:
