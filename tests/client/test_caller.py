@@ -337,6 +337,36 @@ class RefusingTransport(MemoryTransport):
         return ack
 
 
+class SilentBroker(MemoryTransport):
+    """Takes every record and never acknowledges one."""
+
+    async def publish(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        partition: int | None = None,
+    ) -> Awaitable[None]:
+        return asyncio.get_running_loop().create_future()
+
+
+async def test_an_unacknowledged_request_times_out_at_its_deadline(settings: Settings) -> None:
+    """No ack: ReplyTimeout at the deadline, saying so; a cancelled call stays cancelled."""
+    async with Client(settings, transport=SilentBroker()) as client:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(ReplyTimeout, match="did not acknowledge"):
+            await client.request("orders", "GET", "/", timeout=0.2)
+        assert 0.2 <= asyncio.get_running_loop().time() - started < 1.0
+        call = asyncio.create_task(client.request("orders", "GET", "/", timeout=5))
+        await asyncio.sleep(0.05)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert client.inbox.waiting == 0 and client.stats.timeouts == 1
+
+
 async def test_flush_raises_for_a_refused_message_nobody_awaited(settings: Settings) -> None:
     """A failed delivery is never silent: its await raises, and so does the next flush."""
     async with Client(settings, transport=RefusingTransport()) as client:
