@@ -6,7 +6,8 @@ import asyncio
 import json
 
 from kourier import protocol
-from kourier.server.idempotency import MemoryIdempotencyStore, Recorded
+from kourier.protocol import Reply
+from kourier.server.idempotency import Idempotency, MemoryIdempotencyStore, Recorded
 from kourier.server.serve import H_DEAD_ATTEMPTS, H_DEAD_REASON, Service
 from kourier.transports.base import TopicSpec
 from kourier.transports.memory import MemoryTransport
@@ -145,6 +146,27 @@ class SlowStore(MemoryIdempotencyStore):
     async def get(self, key: str) -> Recorded | None:
         await asyncio.sleep(0.02)
         return await super().get(key)
+
+
+class SlowPutStore(MemoryIdempotencyStore):
+    """A store that takes time to record, as a networked store would."""
+
+    async def put(self, key: str, recorded: Recorded, ttl: float) -> None:
+        await asyncio.sleep(0.05)
+        await super().put(key, recorded, ttl)
+
+
+async def test_a_duplicate_arriving_while_the_store_records_waits_for_it() -> None:
+    """Between the end of a run and its record landing, a duplicate gets the replay."""
+    gate = Idempotency(SlowPutStore(), 60)
+    assert await gate.claim("id:1") is None
+    reply = Reply("1", 0, b"done", end=True, status=200)
+    finishing = asyncio.create_task(gate.finish("id:1", [reply]))
+    await asyncio.sleep(0.01)  # the store is still recording
+    recorded = await gate.claim("id:1")
+    assert recorded is not None and recorded.items == (reply,)
+    await finishing
+    assert await gate.claim("id:1") == recorded
 
 
 async def test_concurrent_deliveries_run_once_with_a_slow_store() -> None:

@@ -33,7 +33,10 @@ _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"u
 def build_scope(request: Request, service: str, state: dict[str, Any] | None) -> Scope:
     path_raw = request.path
     headers = [(n, v) for n, v in request.headers if n not in _HOP_BY_HOP]
-    if not any(name == b"host" for name, _ in headers):
+    for name, _ in headers:
+        if name == b"host":
+            break
+    else:
         headers.insert(0, (b"host", service.encode("ascii")))
     scope: Scope = {
         "type": "http",
@@ -41,7 +44,7 @@ def build_scope(request: Request, service: str, state: dict[str, Any] | None) ->
         "http_version": "1.1",
         "method": request.method,
         "scheme": "http",
-        "path": unquote(path_raw),
+        "path": unquote(path_raw) if "%" in path_raw else path_raw,
         "raw_path": path_raw.encode("utf-8"),
         "query_string": request.query.encode("utf-8"),
         "root_path": "",

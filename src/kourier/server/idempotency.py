@@ -89,7 +89,8 @@ class Idempotency:
     def __init__(self, store: IdempotencyStore, window: float) -> None:
         self.store = store
         self.window = window
-        self._running: dict[str, asyncio.Future[Recorded | None]] = {}
+        # A run in progress: None until a second delivery of it waits (no future before).
+        self._running: dict[str, asyncio.Future[Recorded | None] | None] = {}
 
     async def claim(self, key: str) -> Recorded | None:
         """The recorded response for ``key``, or None after claiming the right to run it.
@@ -98,8 +99,11 @@ class Idempotency:
         await between the last look and taking it, so two deliveries never both run.
         """
         while True:
-            running = self._running.get(key)
-            if running is not None:
+            if key in self._running:
+                running = self._running[key]
+                if running is None:
+                    running = asyncio.get_running_loop().create_future()
+                    self._running[key] = running
                 recorded = await asyncio.shield(running)
                 if recorded is not None:
                     return recorded
@@ -108,15 +112,19 @@ class Idempotency:
             if recorded is not None:
                 return recorded
             if key not in self._running:
-                self._running[key] = asyncio.get_running_loop().create_future()
+                self._running[key] = None
                 return None
 
     async def finish(self, key: str, items: list[Reply] | None) -> None:
         """Record the outcome (``None``: nothing to record, e.g. the handler failed)."""
-        future = self._running.pop(key, None)
         recorded = None
-        if items is not None:
-            recorded = Recorded(tuple(items), sum(len(i.body) for i in items))
-            await self.store.put(key, recorded, self.window)
-        if future is not None and not future.done():
-            future.set_result(recorded)
+        try:
+            if items is not None:
+                recorded = Recorded(tuple(items), sum(len(i.body) for i in items))
+                # Still marked as running while a shared store takes it, so a duplicate
+                # arriving meanwhile waits instead of finding neither.
+                await self.store.put(key, recorded, self.window)
+        finally:
+            future = self._running.pop(key, None)
+            if future is not None and not future.done():
+                future.set_result(recorded)
