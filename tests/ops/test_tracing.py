@@ -5,6 +5,7 @@ Each test has its own TracerProvider (the global one can be set only once per pr
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -234,3 +235,37 @@ async def test_without_opentelemetry_everything_passes_through(
     assert headers == [(b"x-a", b"1")]
     assert response.json() == {"id": 1}
     assert exporter.get_finished_spans() == ()
+
+
+GLOBAL_PROVIDER_SCRIPT = """
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from kourier.ops.tracing import client_span
+
+with client_span("orders", "GET", "/before") as before:
+    pass
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+with client_span("orders", "GET", "/after") as after:
+    pass
+print(before.span is None, [span.name for span in exporter.get_finished_spans()])
+"""
+
+
+def test_a_global_provider_set_after_the_first_call_is_used() -> None:
+    """Untraced while no provider is set; traced from the moment one is set globally.
+
+    In a process of its own: the global provider can be set only once per process.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", GLOBAL_PROVIDER_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.strip() == "True ['GET orders']"

@@ -15,6 +15,7 @@ value other than the trace context into a span.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator, MutableMapping, Sequence
 from types import ModuleType
@@ -37,6 +38,8 @@ class _Otel(NamedTuple):
 
 
 _MISSING = object()
+#: OpenTelemetry can also make the global provider from this variable, on first use.
+_NO_PROVIDER_FROM_ENV = "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ
 _loaded: tuple[object, _Otel | None] | None = None
 
 
@@ -69,6 +72,12 @@ def _active(otel: _Otel, tracer_provider: TracerProvider | None) -> bool:
     """
     if tracer_provider is not None:
         return True
+    # Per request, so the common answer (nothing configured) is found without the
+    # environment look-up get_tracer_provider() makes on each call: OpenTelemetry keeps
+    # the global provider in a module attribute that stays None until one is set. If
+    # that attribute ever goes away, the public call below still answers.
+    if _NO_PROVIDER_FROM_ENV and getattr(otel.trace, "_TRACER_PROVIDER", _MISSING) is None:
+        return False
     return not isinstance(otel.trace.get_tracer_provider(), otel.trace.ProxyTracerProvider)
 
 
