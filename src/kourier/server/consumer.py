@@ -82,7 +82,9 @@ class RequestConsumer:
             topics, group, on_assigned=self._on_assigned, on_revoked=self._on_revoked
         )
         self._progress: dict[TopicPartition, _Progress] = {}
-        self._running: dict[TopicPartition, set[asyncio.Task[None]]] = {}
+        # Handler tasks by partition, keyed by id() of their record: unique while the task
+        # runs (it holds the record), also if a rebalance brings the same offset back.
+        self._running: dict[TopicPartition, dict[int, asyncio.Task[None]]] = {}
         self._key_queues: dict[tuple[TopicPartition, bytes], deque[Record]] = {}
         self._held = 0
         self._paused = False
@@ -185,7 +187,7 @@ class RequestConsumer:
 
     def _launch(self, tp: TopicPartition, record: Record) -> None:
         task = asyncio.create_task(self._run(tp, record))
-        self._running.setdefault(tp, set()).add(task)
+        self._running.setdefault(tp, {})[id(record)] = task
 
     async def _run(self, tp: TopicPartition, record: Record) -> None:
         try:
@@ -196,10 +198,9 @@ class RequestConsumer:
             self._finish(tp, record)
 
     def _finish(self, tp: TopicPartition, record: Record) -> None:
-        current = asyncio.current_task()
         running = self._running.get(tp)
-        if running is not None and current is not None:
-            running.discard(current)
+        if running is not None:
+            running.pop(id(record), None)
         self._held -= 1
         self.completed += 1
         self.last_progress = time.monotonic()
@@ -270,7 +271,7 @@ class RequestConsumer:
         self._slot_freed.set()
 
     async def _drain(self, partitions: set[TopicPartition]) -> None:
-        tasks = [t for tp in partitions for t in self._running.get(tp, ())]
+        tasks = [t for tp in partitions for t in self._running.get(tp, {}).values()]
         deadline = time.monotonic() + self._drain_timeout
         # Keyed records queued behind running ones start as those finish: wait for them
         # too, as long as the deadline allows.
@@ -279,7 +280,9 @@ class RequestConsumer:
             if left <= 0:
                 break
             await asyncio.wait(tasks, timeout=left)
-            tasks = [t for tp in partitions for t in self._running.get(tp, ()) if not t.done()]
+            tasks = [
+                t for tp in partitions for t in self._running.get(tp, {}).values() if not t.done()
+            ]
         if tasks:
             logger.warning(
                 "%d handlers still running after the drain timeout; their records will be "
