@@ -17,11 +17,12 @@ created before the service starts and deleted afterwards.
   the HTTP baseline;
 * streamed: ``GET /items?n=``, one reply item per NDJSON line;
 * one-way (native only): the end marker ``POST /events/end?expect=n`` and then ``n``
-  ``Client.send("bench", "POST", "/events")``, ``ONE_WAY_INFLIGHT`` of them awaiting
-  their broker ack at once. The service prints ``END`` once its app has *handled* the
-  n-th event (``bench.app``), and the rate is n over the time from before the marker to
-  that moment. httpx has no one-way call: through ``KourierTransport`` every request
-  waits for its reply, so the httpx variant posts like the HTTP baseline does.
+  ``Client.enqueue("bench", "POST", "/events")`` from one coroutine, then one
+  ``Client.flush()`` for all the acks, as the raw baselines produce. The service prints
+  ``END`` once its app has *handled* the n-th event (``bench.app``), and the rate is n
+  over the time from before the marker to that moment. httpx has no one-way call:
+  through ``KourierTransport`` every request waits for its reply, so the httpx variant
+  posts like the HTTP baseline does.
 """
 
 from __future__ import annotations
@@ -53,11 +54,6 @@ APP = "bench.app:app"
 #: The log line ``kourier run`` writes once the service consumes (partitions assigned).
 READY_LOG = "ready: service"
 JSON_HEADERS = {"content-type": "application/json"}
-#: ``Client.send`` returns after the broker's ack: this many sends are awaited at once.
-#: 64 to 256 gave the best rates here; 1,000 was slower (more waiters in aiokafka's
-#: accumulator) and 4,000 failed: sends queued behind aiokafka's full batch raise
-#: PublishError after its 10 s request timeout.
-ONE_WAY_INFLIGHT = 256
 #: One-way requests in flight for the httpx variant (as ``bench.baselines.http``).
 HTTPX_ONE_WAY_INFLIGHT = 64
 #: A body that is not ``{"ok":true...`` means the wrong answer.
@@ -177,19 +173,12 @@ class KourierBench(Bench):
         if self._http is not None:
             return await self._posted(n, size)
         payload = b"x" * size
-        remaining = n
-
-        async def sender() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                await self.client.send(SERVICE, "POST", "/events", content=payload)
-
         started = time.monotonic()
         await self.client.send(SERVICE, "POST", "/events/end", params={"expect": n})
-        async with asyncio.TaskGroup() as tasks:
-            for _ in range(min(ONE_WAY_INFLIGHT, n)):
-                tasks.create_task(sender())
+        # As the raw baselines produce: queue every record, then wait for all the acks.
+        for _ in range(n):
+            await self.client.enqueue(SERVICE, "POST", "/events", content=payload)
+        await self.client.flush()
         count, finished = await self.service.expect("END", timeout_s=60.0)
         if int(count) != n:
             raise RuntimeError(f"{self.name}: service saw {count} events, expected {n}")
