@@ -222,3 +222,32 @@ async def test_a_full_member_keeps_polling_so_rebalances_complete() -> None:
     release.set()
     await first.stop()
     await second.stop()
+
+
+async def test_a_member_full_only_for_moments_never_pauses() -> None:
+    """Slots that free within PAUSE_AFTER do not pause the partitions: a pause can cost
+    a client what it prefetched (aiokafka drops it and fetches it all again)."""
+    _, transport = await _setup(partitions=1)
+    handled: list[bytes | None] = []
+
+    async def brief(record: Record) -> None:
+        await asyncio.sleep(0.005)
+        handled.append(record.value)
+
+    for i in range(40):
+        await transport.publish(TOPIC, str(i).encode())
+    consumer = _consumer(transport, brief, concurrency=2)
+    pauses: list[object] = []
+    group_consumer = consumer._consumer
+    original = group_consumer.pause
+
+    def counting_pause(partitions: object) -> None:
+        pauses.append(partitions)
+        original(partitions)  # type: ignore[arg-type]
+
+    group_consumer.pause = counting_pause  # type: ignore[method-assign]
+    await consumer.start()
+    await _eventually(lambda: len(handled) == 40)
+    await consumer.stop()
+    assert pauses == []
+    assert sorted(int(value or b"") for value in handled) == list(range(40))
