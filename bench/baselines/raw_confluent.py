@@ -29,6 +29,7 @@ import contextlib
 import functools
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -103,7 +104,8 @@ class AsyncProducer:
     async def close(self, timeout_s: float = 10.0) -> None:
         await asyncio.to_thread(self._producer.flush, timeout_s)
         self._closing.set()
-        await asyncio.to_thread(self._poller.join, timeout_s)
+        if self._poller.ident is not None:  # a start that failed never began it
+            await asyncio.to_thread(self._poller.join, timeout_s)
 
     async def produce(
         self,
@@ -218,7 +220,8 @@ class ConsumerThread:
 
     async def close(self, timeout_s: float = 10.0) -> None:
         self._closing.set()
-        await asyncio.to_thread(self._thread.join, timeout_s)
+        if self._thread.ident is not None:  # a start that failed never began it
+            await asyncio.to_thread(self._thread.join, timeout_s)
 
     def _run(self) -> None:
         assert self._loop is not None
@@ -334,6 +337,19 @@ class EchoService:
 # -- caller side ----------------------------------------------------------------------------
 
 
+async def _watermark_end(consumer: Consumer, tp: TopicPartition) -> tuple[int, int]:
+    """The partition's watermarks; a topic created a moment ago may not be known yet."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        try:
+            low, high = await asyncio.to_thread(consumer.get_watermark_offsets, tp, 5.0)
+            return int(low), int(high)
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
 class Caller(shared.RawCaller):
     """Two-way calls, streamed calls and one-way bursts on librdkafka."""
 
@@ -356,7 +372,7 @@ class Caller(shared.RawCaller):
         reply_tp = TopicPartition(self._topics.replies, 0)
         # Assign at an explicit offset: OFFSET_END would be resolved lazily by the first
         # fetch, and a reply landing before that would be skipped.
-        _, end = await asyncio.to_thread(consumer.get_watermark_offsets, reply_tp, 10.0)
+        _, end = await _watermark_end(consumer, reply_tp)
         consumer.assign([TopicPartition(self._topics.replies, 0, end)])
         self._consumer.start()
 
