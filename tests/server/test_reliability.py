@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
 
 from kourier import protocol
+from kourier.errors import PublishError
 from kourier.protocol import Reply
+from kourier.server import serve as serve_module
 from kourier.server.idempotency import Idempotency, MemoryIdempotencyStore, Recorded
 from kourier.server.serve import H_DEAD_ATTEMPTS, H_DEAD_REASON, Service
 from kourier.transports.base import TopicSpec
-from kourier.transports.memory import MemoryTransport
+from kourier.transports.memory import MemoryBroker, MemoryTransport
 from tests import apps
 from tests.server.conftest import SETTINGS, Wire, eventually
 
@@ -190,3 +199,120 @@ async def test_concurrent_deliveries_run_once_with_a_slow_store() -> None:
         replies = await w.replies(first.id, ends=2)
     assert apps.counter["n"] == 1
     assert [json.loads(r.body) for r in replies] == [{"n": 1}, {"n": 1}]
+
+
+class BatchingTransport(MemoryTransport):
+    """Publishes without giving up the loop, as aiokafka does until a batch is full."""
+
+    async def publish(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        partition: int | None = None,
+    ) -> Awaitable[None]:
+        self.broker.append(topic, value, key, headers, partition)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+def _streaming_service(app: Any, broker: MemoryBroker) -> Service:
+    return Service(app, "orders", SETTINGS, transport=BatchingTransport(broker))
+
+
+async def _wire_on(broker: MemoryBroker) -> Wire:
+    transport = MemoryTransport(broker)
+    await transport.ensure_topics([TopicSpec(SETTINGS.reply_topic, 1)])
+    reader = transport.partition_reader(SETTINGS.reply_topic, 0)
+    await reader.start()
+    return Wire(transport, reader)
+
+
+async def test_a_stream_longer_than_the_record_limit_is_not_recorded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A long stream is not held for the idempotency record: a repeat runs it again,
+    and both callers get every item."""
+    monkeypatch.setattr(serve_module, "RECORD_MAX_BYTES", 100)
+    runs = {"n": 0}
+    app = FastAPI()
+
+    @app.get("/long")
+    async def long() -> StreamingResponse:
+        runs["n"] += 1
+        return StreamingResponse(iter([b"y" * 40 for _ in range(5)]))
+
+    @app.get("/short")
+    async def short() -> StreamingResponse:
+        runs["n"] += 1
+        return StreamingResponse(iter([b"z" * 40, b"z" * 40]))
+
+    broker = MemoryBroker()
+    w = await _wire_on(broker)
+    async with _streaming_service(app, broker):
+        first = await w.call("GET", "/long")
+        await w.replies(first.id)
+        await w.call("GET", "/long", id=first.id)
+        replies = await w.replies(first.id, ends=2)
+        assert runs["n"] == 2
+        assert b"".join(r.body for r in replies) == b"y" * 400
+        once = await w.call("GET", "/short")
+        await w.replies(once.id)
+        await w.call("GET", "/short", id=once.id)
+        await w.replies(once.id, ends=2)
+        assert runs["n"] == 3  # 80 bytes: recorded, and the repeat replayed
+
+
+async def test_a_stream_written_without_awaiting_lets_the_loop_run_after_its_first_item() -> None:
+    """An app that writes its items in a tight loop still gives the producer the loop
+    after item 0, so the first item is not held until a whole batch has filled."""
+    observed: list[int] = []
+    produced = {"n": -1}  # the index of the last line the app wrote
+    app = FastAPI()
+
+    @app.get("/tight")
+    async def tight() -> StreamingResponse:
+        async def lines() -> AsyncIterator[bytes]:  # awaits nothing between lines
+            for i in range(50):
+                produced["n"] = i
+                yield b"line\n"
+
+        return StreamingResponse(lines())
+
+    async def observer() -> None:
+        while True:
+            if 0 <= produced["n"] < 49:  # the stream is being written
+                observed.append(produced["n"])
+            await asyncio.sleep(0)
+
+    broker = MemoryBroker()
+    w = await _wire_on(broker)
+    async with _streaming_service(app, broker):
+        watching = asyncio.create_task(observer())
+        try:
+            request = await w.call("GET", "/tight")
+            replies = await w.replies(request.id)
+        finally:
+            watching.cancel()
+    assert len(replies) == 51  # 50 lines, then the end marker
+    # The observer ran while the stream was being written, first right after item 0.
+    assert observed and observed[0] <= 1
+
+
+def test_settled_acknowledgements_are_dropped_and_failures_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The pruning of a long stream's acks keeps the pending ones, logs the failed ones."""
+    loop = asyncio.new_event_loop()
+    try:
+        done, failed, pending = (loop.create_future() for _ in range(3))
+        done.set_result(None)
+        failed.set_exception(PublishError("no ack"))
+        with caplog.at_level(logging.ERROR, logger="kourier.server"):
+            assert serve_module._pending([done, failed, pending]) == [pending]
+        assert "no ack" in caplog.text
+    finally:
+        loop.close()

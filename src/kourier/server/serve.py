@@ -52,6 +52,11 @@ H_DEAD_ATTEMPTS = "kourier-dead-letter-attempts"
 #: Seconds before trying a dead letter the broker did not acknowledge again; doubled
 #: each time, up to the maximum.
 DEAD_LETTER_RETRY = 0.5
+#: A reply longer than this is not kept for the idempotency record (see _ReplySink).
+RECORD_MAX_BYTES = 1024 * 1024
+#: How often a streamed reply lets the producer send what it has queued.
+STREAM_FLUSH_INTERVAL = 0.005
+_ACKS_PRUNE_AT = 1024
 DEAD_LETTER_RETRY_MAX = 5.0
 
 
@@ -224,18 +229,10 @@ class Service:
         started = time.perf_counter()
         if self.hooks.has("request"):
             await self.hooks.emit("request", RequestEvent(self.name, request, record))
-        items: list[Reply] = []
-        acks: list[Awaitable[None]] = []
-
-        async def sink(reply: Reply) -> None:
-            reply.responder = self.name
-            items.append(reply)
-            if request.reply_to is not None:
-                acks.append(await self._publish_reply(request.reply_to, reply))
-
+        sink = _ReplySink(self, request.reply_to)
         attempts = 1 if request.reply_to is not None else self.settings.retry_attempts
         for attempt in range(1, attempts + 1):
-            items.clear()
+            sink.restart()
             outcome = await run_app(
                 self.app,
                 request,
@@ -277,7 +274,7 @@ class Service:
                 )
         else:
             self.stats.replied += 1
-        await _all(acks)
+        await sink.settled()
         if self.hooks.has("reply"):
             event = ReplyEvent(
                 self.name,
@@ -290,7 +287,7 @@ class Service:
                 outcome.error_id,
             )
             await self.hooks.emit("reply", event)
-        return None if failed else items
+        return None if failed or not sink.recordable else sink.items
 
     async def _replay(self, request: Request, recorded: Recorded) -> None:
         if request.reply_to is None:
@@ -401,6 +398,69 @@ class Service:
         self.stats.dead_letters += 1
         logger.error("dead-lettered the record at %s: %s", record.where, reason)
         await self.hooks.emit("dead_letter", DeadLetterEvent(self.name, record, reason))
+
+
+class _ReplySink:
+    """Where one request's reply items go: to its caller, and into the idempotency record.
+
+    The record keeps the items only while they total at most ``RECORD_MAX_BYTES``; a
+    longer reply (a long stream) is not recorded, so a repeat runs the handler again
+    rather than the service holding the stream in memory. Acknowledgements are awaited
+    at the end, and those already settled are dropped on the way, so an endless stream
+    holds a bounded list. A streamed reply gives the producer the loop after its first
+    item and then every ``STREAM_FLUSH_INTERVAL``: an app that writes items without
+    awaiting anything would otherwise hold them all until a batch fills.
+    """
+
+    def __init__(self, service: Service, reply_to: ReplyAddress | None) -> None:
+        self._service = service
+        self._reply_to = reply_to
+        self._acks: list[Awaitable[None]] = []
+        self._yielded_at = 0.0
+        self.items: list[Reply] = []
+        self.recordable = True
+        self._bytes = 0
+
+    def restart(self) -> None:
+        """Forget the items of a failed attempt (one-way work is retried)."""
+        self.items.clear()
+        self.recordable = True
+        self._bytes = 0
+
+    async def __call__(self, reply: Reply) -> None:
+        reply.responder = self._service.name
+        if self.recordable:
+            self._bytes += len(reply.body)
+            if self._bytes > RECORD_MAX_BYTES:
+                self.recordable = False
+                self.items.clear()
+            else:
+                self.items.append(reply)
+        if self._reply_to is None:
+            return
+        self._acks.append(await self._service._publish_reply(self._reply_to, reply))
+        if len(self._acks) >= _ACKS_PRUNE_AT:
+            self._acks = _pending(self._acks)
+        if not reply.end:
+            now = time.monotonic()
+            if reply.seq == 0 or now - self._yielded_at >= STREAM_FLUSH_INTERVAL:
+                self._yielded_at = now
+                await asyncio.sleep(0)
+
+    async def settled(self) -> None:
+        await _all(self._acks)
+
+
+def _pending(acks: list[Awaitable[None]]) -> list[Awaitable[None]]:
+    """The acknowledgements still pending; failures among the settled ones are logged."""
+    pending: list[Awaitable[None]] = []
+    for ack in acks:
+        if isinstance(ack, asyncio.Future) and ack.done():
+            if not ack.cancelled() and (error := ack.exception()) is not None:
+                logger.error("a reply was not acknowledged by the broker: %s", error)
+        else:
+            pending.append(ack)
+    return pending
 
 
 async def _all(acks: list[Awaitable[None]]) -> None:
