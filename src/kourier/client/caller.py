@@ -27,7 +27,7 @@ from typing import Any, Literal
 import httpx
 
 from kourier import protocol
-from kourier.client.calls import Call, observed_call
+from kourier.client.calls import Call, ObservedCall
 from kourier.client.hooks import CallerHooks, Hook
 from kourier.client.replies import ReplyInbox, ReplyWaiter
 from kourier.client.responses import ReplyStream, Response
@@ -421,7 +421,7 @@ class Client:
     def _call(
         self, service: str, method: str, path: str, topic: str, *, one_way: bool = False
     ) -> AbstractContextManager[Call]:
-        return observed_call(self.metrics, service, method, path, topic, one_way=one_way)
+        return ObservedCall(self.metrics, service, method, path, topic, one_way=one_way)
 
     def _timeout(self, timeout: float | None) -> float:
         seconds = self.settings.default_timeout if timeout is None else timeout

@@ -8,12 +8,14 @@ has one.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
+from types import TracebackType
 
 from kourier.errors import ReplyTimeout
 from kourier.ops.metrics import ClientMetrics
-from kourier.ops.tracing import ClientSpan, client_span
+from kourier.ops.tracing import ClientSpan, client_span, tracing_enabled
+
+_NO_SPAN = ClientSpan(None)
 
 
 class Call:
@@ -34,30 +36,67 @@ class Call:
             self._span.set_status_code(status)
 
 
-@contextmanager
-def observed_call(
-    metrics: ClientMetrics | None,
-    service: str,
-    method: str,
-    path: str,
-    topic: str,
-    *,
-    one_way: bool = False,
-) -> Iterator[Call]:
-    started = time.perf_counter()
-    outcome = "error"
-    method = method.upper()
-    with client_span(service, method, path.partition("?")[0], one_way=one_way, topic=topic) as span:
-        call = Call(span)
+class ObservedCall:
+    """The span and the metrics of one call, around the block that makes it.
+
+    A class rather than a generator-based context manager: it is entered on every call,
+    and without tracing or metrics it costs a fifth as much.
+    """
+
+    __slots__ = ("_call", "_method", "_metrics", "_one_way", "_service", "_span", "_started")
+
+    def __init__(
+        self,
+        metrics: ClientMetrics | None,
+        service: str,
+        method: str,
+        path: str,
+        topic: str,
+        *,
+        one_way: bool = False,
+    ) -> None:
+        self._metrics = metrics
+        self._service = service
+        self._method = method.upper()
+        self._one_way = one_way
+        self._span: AbstractContextManager[ClientSpan] | None = None
+        if tracing_enabled():
+            target = path.partition("?")[0]
+            self._span = client_span(service, self._method, target, one_way=one_way, topic=topic)
+        self._call = Call(_NO_SPAN)
+        self._started = 0.0
+
+    def __enter__(self) -> Call:
+        self._started = time.perf_counter()
+        if self._span is not None:
+            self._call = Call(self._span.__enter__())
+        return self._call
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         try:
-            yield call
-            if one_way:
-                outcome = "sent"
-            elif call.status_code:
-                outcome = ClientMetrics.status_outcome(call.status_code)
-        except ReplyTimeout:
-            outcome = "timeout"
-            raise
+            if self._span is not None:
+                self._span.__exit__(exc_type, exc, tb)
         finally:
-            if metrics is not None:
-                metrics.observe(service, method, outcome, time.perf_counter() - started)
+            if self._metrics is not None:
+                self._metrics.observe(
+                    self._service,
+                    self._method,
+                    self._outcome(exc_type),
+                    time.perf_counter() - self._started,
+                )
+
+    def _outcome(self, exc_type: type[BaseException] | None) -> str:
+        if exc_type is None:
+            if self._one_way:
+                return "sent"
+            if self._call.status_code:
+                return ClientMetrics.status_outcome(self._call.status_code)
+            return "error"
+        if issubclass(exc_type, ReplyTimeout):
+            return "timeout"
+        return "error"

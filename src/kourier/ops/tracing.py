@@ -177,6 +177,12 @@ def inject(headers: Headers) -> list[tuple[bytes, bytes]]:
     return out
 
 
+def tracing_enabled(tracer_provider: TracerProvider | None = None) -> bool:
+    """True if a call's span would be recorded (OpenTelemetry installed and configured)."""
+    otel = _load()
+    return otel is not None and _active(otel, tracer_provider)
+
+
 class ClientSpan:
     """The caller's span of one call; every method is a no-op without OpenTelemetry."""
 
