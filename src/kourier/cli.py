@@ -9,17 +9,19 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import inspect
 import json
 import logging
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from kourier.errors import KourierError, ReplyTimeout
 from kourier.ops.logging import configure_logging
+from kourier.server.hooks import HOOK_NAMES, Hooks
 from kourier.settings import Settings
 from kourier.transports.base import Transport
 
@@ -37,31 +39,104 @@ class CLIError(Exception):
         self.code = code
 
 
-def load_app(spec: str, *, factory: bool = False) -> Any:
+def _import_attr(spec: str, what: str) -> Any:
+    """What ``spec`` (``module:attribute``, the attribute maybe dotted) names.
+
+    ``what`` (``app``, ``--hooks``) begins each error line, to say which spec failed.
+    """
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise CLIError(f"app {spec!r} must be given as 'module:attribute'", EXIT_USAGE)
+        raise CLIError(f"{what} {spec!r} must be given as 'module:attribute'", EXIT_USAGE)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
-            raise CLIError(f"could not import module {module_name!r}", EXIT_USAGE) from exc
+            raise CLIError(
+                f"{what} {spec!r}: could not import module {module_name!r}", EXIT_USAGE
+            ) from exc
         raise
-    app: Any = module
+    found: Any = module
     for part in attr.split("."):
         try:
-            app = getattr(app, part)
+            found = getattr(found, part)
         except AttributeError:
             raise CLIError(
-                f"module {module_name!r} has no attribute {attr!r}", EXIT_USAGE
+                f"{what} {spec!r}: module {module_name!r} has no attribute {attr!r}", EXIT_USAGE
             ) from None
+    return found
+
+
+def load_app(spec: str, *, factory: bool = False) -> Any:
+    app = _import_attr(spec, "app")
     if factory:
         app = app()
     if not callable(app):
         raise CLIError(f"{spec!r} is not an ASGI application (not callable)", EXIT_USAGE)
     return app
+
+
+def load_hooks(specs: Sequence[str]) -> Hooks:
+    """The service hooks ``--hooks`` (or KOURIER_HOOKS) names, in the order given.
+
+    Each spec names a mapping of event name to a callable or a list of callables, a
+    ``Hooks`` object, or a function of no arguments that returns either. Hooks hold no
+    callables themselves, so a callable is always such a function: no ``--factory``.
+    """
+    hooks = Hooks()
+    for spec in specs:
+        found = _import_attr(spec, "--hooks")
+        if callable(found) and not isinstance(found, Hooks) and _takes_no_arguments(found):
+            found = found()
+        if isinstance(found, Hooks):
+            hooks.extend(found)
+            continue
+        if not isinstance(found, Mapping):
+            raise CLIError(
+                f"--hooks {spec!r} is {_kind(found)}: give a mapping of event name to hooks, "
+                "a Hooks object, or a function of no arguments that returns one",
+                EXIT_USAGE,
+            )
+        for name, functions in found.items():
+            if name not in HOOK_NAMES:
+                raise CLIError(
+                    f"--hooks {spec!r}: {name!r} is not a hook event; "
+                    f"choose from {', '.join(HOOK_NAMES)}",
+                    EXIT_USAGE,
+                )
+            for function in functions if isinstance(functions, list | tuple) else [functions]:
+                if not callable(function):
+                    raise CLIError(
+                        f"--hooks {spec!r}: the {name!r} hook {function!r} is not callable",
+                        EXIT_USAGE,
+                    )
+                hooks.add(name, function)
+    return hooks
+
+
+def _takes_no_arguments(function: Any) -> bool:
+    try:
+        inspect.signature(function).bind()
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read (some builtins): try the call
+        pass
+    return True
+
+
+def _kind(found: Any) -> str:
+    if callable(found):
+        return "a callable that takes arguments"  # a single hook, or an ASGI app
+    name = type(found).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def _hook_specs(args: argparse.Namespace) -> list[str]:
+    """``--hooks`` as given, else KOURIER_HOOKS (comma-separated), as KOURIER_SERVICE."""
+    if args.hooks:
+        return list(args.hooks)
+    return [spec.strip() for spec in os.environ.get("KOURIER_HOOKS", "").split(",") if spec.strip()]
 
 
 def _positive(text: str) -> int:
@@ -87,6 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kourier.server.serve import serve
 
     app = load_app(args.app, factory=args.factory)
+    hooks = load_hooks(_hook_specs(args))
     service = args.service or os.environ.get("KOURIER_SERVICE") or _default_service(args.app)
     settings = _settings(args, concurrency=args.concurrency)
 
@@ -101,6 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             app,
             service,
             settings,
+            hooks=hooks,
             http_port=args.http,
             health_port=health_port,
             stall_timeout=args.stall_timeout,
@@ -376,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="serve an ASGI app over Kafka",
         description="Serve an ASGI app over Kafka, as uvicorn serves it over HTTP.",
-        epilog="example:\n  kourier run examples.orders:app --service orders",
+        epilog="examples:\n  kourier run examples.orders:app --service orders\n"
+        "  kourier run myservice.main:app --hooks myservice.hooks:hooks",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("app", help="the app as module:attribute, e.g. myservice.main:app")
@@ -412,6 +490,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TOPIC",
         help="also consume this shared topic (repeatable): every service that does gets "
         "every request on it, for scatter-gather calls (Client.gather)",
+    )
+    run.add_argument(
+        "--hooks",
+        action="append",
+        metavar="MODULE:ATTR",
+        help="attach service hooks (repeatable; default: KOURIER_HOOKS, comma-separated): "
+        "a mapping of event name to a callable or a list of callables, a Hooks object, "
+        f"or a function of no arguments that returns one; events: {', '.join(HOOK_NAMES)}",
     )
     run.add_argument(
         "--http",

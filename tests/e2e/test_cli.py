@@ -133,8 +133,11 @@ def test_usage_errors_are_one_clear_line(env: dict[str, str]) -> None:
     assert bad_app.returncode == 2 and "could not import module" in bad_app.stderr
     bad_setting = kourier({**env, "KOURIER_CONCURRENCY": "lots"}, "send", "e2e", "GET", "/")
     assert bad_setting.returncode == 2 and "concurrency" in bad_setting.stderr
-    for result in (bad_json, bad_app, bad_setting):
+    bad_hooks = kourier(env, "run", "tests.e2e.app:app", "--hooks", "tests.e2e.hooks:nope")
+    assert bad_hooks.returncode == 2 and "has no attribute 'nope'" in bad_hooks.stderr
+    for result in (bad_json, bad_app, bad_setting, bad_hooks):
         assert "Traceback" not in result.stderr
+        assert result.stderr.strip().count("\n") == 0, result.stderr
 
 
 def test_an_unreachable_broker_fails_fast(env: dict[str, str]) -> None:
@@ -258,3 +261,46 @@ def test_workers_share_the_group_and_stop_together(env: dict[str, str]) -> None:
     finally:
         process.terminate()
         assert process.wait(timeout=60) == 0
+
+
+def test_hooks_reach_every_worker_and_see_a_request_through(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """`--hooks` with `--workers 2`: both start, one sees the request and its reply, and
+    both stop after SIGTERM."""
+    log = tmp_path / "hooks.log"
+    output = tmp_path / "run.log"
+
+    def events(name: str) -> list[list[str]]:
+        lines = log.read_text().splitlines() if log.exists() else []
+        return [line.split(" ", 2) for line in lines if line.split(" ")[1] == name]
+
+    run = ["run", "tests.e2e.app:app", "--service", "hooked", "--workers", "2"]
+    with output.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kourier", *run, "--hooks", "tests.e2e.hooks:hooks"],
+            cwd=ROOT,
+            env={**env, "KOURIER_E2E_HOOKS_LOG": str(log)},
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while len(events("start")) < 2 and process.poll() is None:
+            assert time.monotonic() < deadline, output.read_text()[-2000:]
+            time.sleep(0.05)
+        assert process.poll() is None, output.read_text()[-2000:]
+        tag = uuid.uuid4().hex[:8]
+        result = kourier(env, "request", "hooked", "GET", f"/items?n=1&tag={tag}", timeout=30)
+        assert result.returncode == 0, result.stderr
+    finally:
+        process.terminate()
+        code = process.wait(timeout=60)
+    assert code == 0, output.read_text()[-2000:]
+    starts = {pid for pid, *_ in events("start")}
+    assert len(starts) == 2, "each worker ran the start hook"
+    assert [detail for _, _, detail in events("request")] == [f"GET /items?n=1&tag={tag}"]
+    assert [detail for _, _, detail in events("reply")] == [f"GET /items?n=1&tag={tag} 200"]
+    assert {pid for pid, *_ in events("stop")} == starts
+    lines = log.read_text().splitlines()
+    assert all(line.split(" ")[1] == "stop" for line in lines[-2:]), "stop comes last"

@@ -89,6 +89,11 @@ class Hooks:
             raise SettingsError(f"hooks: {name!r} is not a hook; choose from {HOOK_NAMES}")
         self._hooks[name].append(function)
 
+    def extend(self, other: Hooks) -> None:
+        """Add ``other``'s hooks after these (``kourier run --hooks A --hooks B``)."""
+        for name, functions in other._hooks.items():
+            self._hooks[name].extend(functions)
+
     def has(self, name: str) -> bool:
         return bool(self._hooks[name])
 
