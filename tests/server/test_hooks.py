@@ -81,3 +81,15 @@ def test_unknown_hook_names_are_refused() -> None:
         Hooks({"replied": [print]})
     with pytest.raises(SettingsError, match="not callable"):
         Hooks({"reply": ["print"]})  # type: ignore[list-item]
+
+
+def test_one_hook_may_be_given_bare_and_every_way_is_checked() -> None:
+    """{"reply": f} works like {"reply": [f]}; add() refuses what Hooks() refuses."""
+    hooks = Hooks({"reply": print, "error": [print, repr]})
+    assert hooks.has("reply") and hooks.has("error") and not hooks.has("start")
+    with pytest.raises(SettingsError, match="42 for 'reply' is not callable"):
+        Hooks({"reply": 42})  # type: ignore[dict-item]
+    with pytest.raises(SettingsError, match="not callable"):
+        hooks.add("reply", "print")  # type: ignore[arg-type]
+    with pytest.raises(SettingsError, match="choose from start, stop, request"):
+        hooks.add("replied", print)

@@ -72,21 +72,24 @@ class Hooks:
 
     NAMES = HOOK_NAMES
 
-    def __init__(self, hooks: Mapping[str, Sequence[Hook]] | None = None) -> None:
+    def __init__(self, hooks: Mapping[str, Hook | Sequence[Hook]] | None = None) -> None:
         self._hooks: dict[str, list[Hook]] = {name: [] for name in HOOK_NAMES}
         for name, functions in (hooks or {}).items():
-            if name not in self._hooks:
-                raise SettingsError(
-                    f"hooks: {name!r} is not a hook; choose from {', '.join(HOOK_NAMES)}"
-                )
+            if callable(functions):
+                functions = [functions]
+            elif not isinstance(functions, list | tuple):
+                raise SettingsError(f"hooks: {functions!r} for {name!r} is not callable")
             for function in functions:
-                if not callable(function):
-                    raise SettingsError(f"hooks: {function!r} for {name!r} is not callable")
-            self._hooks[name].extend(functions)
+                self.add(name, function)
 
     def add(self, name: str, function: Hook) -> None:
+        """Run ``function`` on event ``name``, after the hooks already there."""
         if name not in self._hooks:
-            raise SettingsError(f"hooks: {name!r} is not a hook; choose from {HOOK_NAMES}")
+            raise SettingsError(
+                f"hooks: {name!r} is not a hook; choose from {', '.join(HOOK_NAMES)}"
+            )
+        if not callable(function):
+            raise SettingsError(f"hooks: {function!r} for {name!r} is not callable")
         self._hooks[name].append(function)
 
     def extend(self, other: Hooks) -> None:
