@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from kourier.errors import KourierError, ReplyTimeout
-from kourier.ops.logging import configure_logging
+from kourier.ops.logging import TransientKafkaNoise, configure_logging
 from kourier.server.hooks import HOOK_NAMES, Hooks
 from kourier.settings import Settings
 from kourier.transports.base import Transport
@@ -565,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = args.log_level or ("info" if args.command == "run" else "warning")
     try:
-        configure_logging(level.upper())  # text, or JSON lines with KOURIER_LOG_FORMAT=json
+        handler = configure_logging(level.upper())  # text, or JSON with KOURIER_LOG_FORMAT=json
     except ValueError as exc:
         print(f"kourier: error: KOURIER_LOG_FORMAT: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -574,6 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # a rebalance) as errors and retries them itself; kourier reports what matters.
         quiet = logging.WARNING if args.command == "run" else logging.CRITICAL
         logging.getLogger("aiokafka").setLevel(quiet)
+        handler.addFilter(TransientKafkaNoise())
     try:
         code: int = args.func(args)
         return code

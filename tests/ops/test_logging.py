@@ -13,6 +13,7 @@ from kourier.client.caller import Client
 from kourier.ops.logging import (
     JsonFormatter,
     RequestContextFilter,
+    TransientKafkaNoise,
     bind_request,
     configure_logging,
 )
@@ -84,3 +85,23 @@ def test_the_log_format_comes_from_kourier_log_format(monkeypatch: pytest.Monkey
     monkeypatch.setenv("KOURIER_LOG_FORMAT", "yaml")
     with pytest.raises(ValueError, match="yaml"):
         configure_logging()
+
+
+def test_transient_kafka_states_are_dropped_and_everything_else_kept() -> None:
+    """aiokafka's 'no leader yet' errors are noise; its other errors and ours are not."""
+    noise = TransientKafkaNoise()
+
+    def record(name: str, level: int, message: str) -> logging.LogRecord:
+        return logging.LogRecord(name, level, __file__, 1, message, None, None)
+
+    fetcher = "aiokafka.consumer.fetcher"
+    assert not noise.filter(
+        record(
+            fetcher,
+            logging.ERROR,
+            "Failed fetch offsets from 1: [Error 6] NotLeaderForPartitionError",
+        )
+    )
+    assert noise.filter(record(fetcher, logging.ERROR, "Unable connect to node with id 1"))
+    assert noise.filter(record(fetcher, logging.CRITICAL, "UnknownTopicOrPartitionError"))
+    assert noise.filter(record("kourier.server", logging.ERROR, "NotLeaderForPartitionError"))

@@ -63,6 +63,35 @@ class RequestContextFilter(logging.Filter):
         return True
 
 
+#: Broker states the Kafka client waits out and retries by itself (a new topic's leader
+#: not elected yet, a coordinator moving, a rebalance in progress).
+TRANSIENT_KAFKA_ERRORS = (
+    "NotLeaderForPartitionError",
+    "LeaderNotAvailableError",
+    "UnknownTopicOrPartitionError",
+    "NotCoordinatorForGroupError",
+    "CoordinatorNotAvailableError",
+    "CoordinatorLoadInProgressError",
+    "RebalanceInProgressError",
+)
+
+
+class TransientKafkaNoise(logging.Filter):
+    """Drops aiokafka's log records about transient states it retries by itself.
+
+    aiokafka logs them as errors (a topic created a moment ago has no leader yet, for
+    one), which reads as a failure in a service's log when nothing failed; kourier says
+    what matters itself. Put it on a handler (a logger's filters do not see its
+    children's records); ``--log-level debug`` leaves it off.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.CRITICAL or not record.name.startswith("aiokafka"):
+            return True
+        message = record.getMessage()
+        return not any(name in message for name in TRANSIENT_KAFKA_ERRORS)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request_id, service."""
 
