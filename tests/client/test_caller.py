@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import httpx
@@ -25,6 +24,7 @@ from kourier.settings import Settings
 from kourier.transports.memory import MemoryBroker, MemoryTransport
 from tests.client.conftest import Serve
 from tests.client.fake_service import NDJSON, Handler, Replies, silent
+from tests.scripted import ScriptedTransport, never_acknowledged
 
 
 def records(broker: MemoryBroker, topic: str) -> list[Request]:
@@ -316,45 +316,18 @@ async def test_enqueue_returns_before_the_ack_and_the_delivery_gives_the_id(
     await client.flush()
 
 
-class RefusingTransport(MemoryTransport):
-    """Queues every record, then fails the ack of those whose value says so."""
-
-    async def publish(
-        self,
-        topic: str,
-        value: bytes,
-        *,
-        key: bytes | None = None,
-        headers: Sequence[tuple[str, bytes]] = (),
-        partition: int | None = None,
-    ) -> Awaitable[None]:
-        if b"refuse" not in value:
-            return await super().publish(
-                topic, value, key=key, headers=headers, partition=partition
-            )
-        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        asyncio.get_running_loop().call_soon(ack.set_exception, PublishError("broker said no"))
-        return ack
-
-
-class SilentBroker(MemoryTransport):
-    """Takes every record and never acknowledges one."""
-
-    async def publish(
-        self,
-        topic: str,
-        value: bytes,
-        *,
-        key: bytes | None = None,
-        headers: Sequence[tuple[str, bytes]] = (),
-        partition: int | None = None,
-    ) -> Awaitable[None]:
-        return asyncio.get_running_loop().create_future()
+def refuse_some(value: bytes) -> asyncio.Future[None] | None:
+    """Fails the ack, a moment later, of every record whose value says "refuse"."""
+    if b"refuse" not in value:
+        return None
+    ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_soon(ack.set_exception, PublishError("broker said no"))
+    return ack
 
 
 async def test_an_unacknowledged_request_times_out_at_its_deadline(settings: Settings) -> None:
     """No ack: ReplyTimeout at the deadline, saying so; a cancelled call stays cancelled."""
-    async with Client(settings, transport=SilentBroker()) as client:
+    async with Client(settings, transport=ScriptedTransport(script=never_acknowledged)) as client:
         started = asyncio.get_running_loop().time()
         with pytest.raises(ReplyTimeout, match="did not acknowledge"):
             await client.request("orders", "GET", "/", timeout=0.2)
@@ -369,7 +342,7 @@ async def test_an_unacknowledged_request_times_out_at_its_deadline(settings: Set
 
 async def test_flush_raises_for_a_refused_message_nobody_awaited(settings: Settings) -> None:
     """A failed delivery is never silent: its await raises, and so does the next flush."""
-    async with Client(settings, transport=RefusingTransport()) as client:
+    async with Client(settings, transport=ScriptedTransport(script=refuse_some)) as client:
         good = await client.enqueue("orders", "POST", "/events", content=b"fine")
         bad = await client.enqueue("orders", "POST", "/events", content=b"refuse me")
         await client.enqueue("orders", "POST", "/events", content=b"refuse me too")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,6 +21,7 @@ from kourier.server.serve import H_DEAD_ATTEMPTS, H_DEAD_REASON, Service
 from kourier.transports.base import TopicSpec
 from kourier.transports.memory import MemoryBroker, MemoryTransport
 from tests import apps
+from tests.scripted import ScriptedTransport
 from tests.server.conftest import SETTINGS, Wire, eventually
 
 
@@ -201,26 +202,8 @@ async def test_concurrent_deliveries_run_once_with_a_slow_store() -> None:
     assert [json.loads(r.body) for r in replies] == [{"n": 1}, {"n": 1}]
 
 
-class BatchingTransport(MemoryTransport):
-    """Publishes without giving up the loop, as aiokafka does until a batch is full."""
-
-    async def publish(
-        self,
-        topic: str,
-        value: bytes,
-        *,
-        key: bytes | None = None,
-        headers: Sequence[tuple[str, bytes]] = (),
-        partition: int | None = None,
-    ) -> Awaitable[None]:
-        self.broker.append(topic, value, key, headers, partition)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
-
-
 def _streaming_service(app: Any, broker: MemoryBroker) -> Service:
-    return Service(app, "orders", SETTINGS, transport=BatchingTransport(broker))
+    return Service(app, "orders", SETTINGS, transport=ScriptedTransport(broker))
 
 
 async def _wire_on(broker: MemoryBroker) -> Wire:
