@@ -230,6 +230,8 @@ def test_outage_while_dead_lettering_and_retrying(
             "broker_down_until_back_s": round(outage_s, 1),
             "poison_dead_letters": len(letters),
             "slow_call": {"outcome": outcome, "seconds": round(end - start, 1), "detail": detail},
+            # 1 when its reply, unsent in the outage, was recorded and replayed to the retry.
+            "slow_call_handled": handled(tmp_path)["slow-0"],
             "caller_retries": report.raw["retries"],
             "caller_retries_not_acknowledged": unacked_retries,
             "caller_stop_error": report.raw["stop_error"],
