@@ -240,6 +240,9 @@ def test_outage_while_dead_lettering_and_retrying(
     )
     assert letters, "the poison message was neither dead-lettered nor kept for redelivery"
     assert outcome in ("ok", "timeout"), f"{outcome}: {detail}"
+    # One service instance, so its idempotency store sees every repeat: the reply that
+    # could not be sent is replayed, never earned by running the handler again.
+    assert handled(tmp_path)["slow-0"] == 1, "the slow call's handler ran more than once"
     assert unacked_retries >= 1, "no retry fell into the outage"
     assert report.raw["stop_error"] == ""
 

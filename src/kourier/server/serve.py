@@ -304,7 +304,11 @@ class Service:
                 item.error_id,
                 self.name,
             )
-            acks.append(await self._publish_reply(request.reply_to, copy))
+            try:
+                acks.append(await self._publish_reply(request.reply_to, copy))
+            except KourierError as exc:
+                logger.error("could not replay the response to %s: %s", request.id, exc)
+                break
         await _all(acks)
 
     def _expired(self, request: Request) -> None:
@@ -438,7 +442,16 @@ class _ReplySink:
                 self.items.append(reply)
         if self._reply_to is None:
             return
-        self._acks.append(await self._service._publish_reply(self._reply_to, reply))
+        try:
+            ack = await self._service._publish_reply(self._reply_to, reply)
+        except KourierError as exc:
+            # Not even queued (no broker could be asked about the reply topic, or no room
+            # in the producer): the same as a reply the broker did not acknowledge. The
+            # app's response stands and stays recorded, so a retry is answered from the
+            # store; raising here would make the app fail and end the reply with an error.
+            logger.error("reply item %d to %s was not sent: %s", reply.seq, self._reply_to, exc)
+            return
+        self._acks.append(ack)
         if len(self._acks) >= _ACKS_PRUNE_AT:
             self._acks = _pending(self._acks)
         if not reply.end:

@@ -29,19 +29,10 @@ from starlette.routing import Route
 
 from kourier import protocol
 from kourier.client import Client, Retry
-from kourier.errors import PublishError, StreamBroken
+from kourier.errors import PublishError
 from kourier.server.serve import Service
 from kourier.settings import Settings
 from kourier.transports.memory import MemoryBroker, MemoryTransport
-
-#: Until ``_ReplySink.__call__`` in server/serve.py stops letting a publish error reach the
-#: app: without that, the first case ends in StreamBroken and the second runs the handler
-#: twice. Strict, so the change that fixes it must remove this marker.
-FIX_PENDING = pytest.mark.xfail(
-    strict=True,
-    raises=(StreamBroken, AssertionError),
-    reason="server/serve.py: a reply that cannot be queued fails the app (fix pending)",
-)
 
 SETTINGS = Settings(partitions=1, reply_partitions=1, commit_interval=0.01, default_timeout=5.0)
 
@@ -84,7 +75,6 @@ def replies_stored(broker: MemoryBroker) -> list[protocol.Reply]:
     return [protocol.decode_reply(r.value, r.headers) for log in logs for r in log]
 
 
-@FIX_PENDING
 @pytest.mark.parametrize("refused", [1, 2], ids=["reply", "reply-and-first-replay"])
 async def test_a_reply_that_cannot_be_queued_is_replayed_to_the_retry(
     refused: int, caplog: pytest.LogCaptureFixture
