@@ -69,6 +69,15 @@ async def items(n: int = 3, delay: float = 0.0) -> StreamingResponse:
     return StreamingResponse(generate(), media_type="application/x-ndjson")
 
 
+@app.get("/broken-before-body")
+async def broken_before_body() -> StreamingResponse:
+    async def generate() -> AsyncIterator[str]:
+        raise RuntimeError("failed before the first item")
+        yield ""  # pragma: no cover -- makes this an async generator
+
+    return StreamingResponse(generate(), media_type="text/plain")
+
+
 @app.get("/broken-stream")
 async def broken_stream() -> StreamingResponse:
     async def generate() -> AsyncIterator[str]:

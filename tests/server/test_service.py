@@ -97,6 +97,17 @@ async def test_an_exception_mid_stream_ends_the_stream_with_an_error_id(
     assert replies[-1].end and replies[-1].error_id
 
 
+async def test_a_failure_after_the_status_but_before_any_body_is_a_whole_500(
+    wire: tuple[Wire, Service],
+) -> None:
+    """The app's 200 never left: the caller gets a 500 with the error id, not a 200."""
+    w, _ = wire
+    request = await w.call("GET", "/broken-before-body")
+    [reply] = await w.replies(request.id)
+    assert reply.status == 500 and reply.end and reply.error_id
+    assert json.loads(reply.body) == {"detail": "Internal Server Error", "error_id": reply.error_id}
+
+
 async def test_one_way_messages_run_the_handler_and_publish_nothing(
     wire: tuple[Wire, Service],
 ) -> None:

@@ -188,7 +188,9 @@ async def run_app(
                 )
             )
             outcome.items += 1
-        elif start is None:
+        elif start is None or seq == 0:
+            # Nothing has left yet (no status, or a status but no body): a whole 500 can
+            # still replace it, rather than the app's status with an empty body.
             outcome.status = 500
             reply = Reply(
                 request.id,
@@ -205,8 +207,6 @@ async def run_app(
             # The status is already out: end the stream with the error id so the caller
             # knows it is broken rather than complete.
             end = Reply(request.id, seq, b"", end=True, error_id=outcome.error_id)
-            if seq == 0:
-                end.status, end.headers = start
             await sink(end)
             outcome.items += 1
         response_done.set()
