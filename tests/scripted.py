@@ -7,12 +7,13 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from kourier.transports.memory import MemoryBroker, MemoryTransport
 
-#: Given a record's value, the future to hand back as its ack (None: acknowledged now).
-AckScript = Callable[[bytes], "asyncio.Future[None] | None"]
+#: Given a record's topic and value, the future to hand back as its ack (None: acknowledged
+#: now). Raising refuses the record before it is stored, as a producer that cannot queue it.
+AckScript = Callable[[str, bytes], "asyncio.Future[None] | None"]
 
 
 class ScriptedTransport(MemoryTransport):
-    """Stores every record at once and hands back the ack ``script`` makes for it.
+    """Stores each record at once and hands back the ack ``script`` makes for it.
 
     Unlike ``MemoryTransport`` it never gives up the loop in ``publish``, as aiokafka
     does not while its batch has room.
@@ -31,14 +32,14 @@ class ScriptedTransport(MemoryTransport):
         headers: Sequence[tuple[str, bytes]] = (),
         partition: int | None = None,
     ) -> Awaitable[None]:
+        ack = self._script(topic, value) if self._script is not None else None
         self.broker.append(topic, value, key, headers, partition)
-        ack = self._script(value) if self._script is not None else None
         if ack is None:
             ack = asyncio.get_running_loop().create_future()
             ack.set_result(None)
         return ack
 
 
-def never_acknowledged(value: bytes) -> asyncio.Future[None]:
+def never_acknowledged(topic: str, value: bytes) -> asyncio.Future[None]:
     """An ack that never comes (a broker that stopped answering)."""
     return asyncio.get_running_loop().create_future()

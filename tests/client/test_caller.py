@@ -316,7 +316,7 @@ async def test_enqueue_returns_before_the_ack_and_the_delivery_gives_the_id(
     await client.flush()
 
 
-def refuse_some(value: bytes) -> asyncio.Future[None] | None:
+def refuse_some(topic: str, value: bytes) -> asyncio.Future[None] | None:
     """Fails the ack, a moment later, of every record whose value says "refuse"."""
     if b"refuse" not in value:
         return None

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Sequence
 
 import pytest
 from starlette.applications import Starlette
@@ -33,31 +32,22 @@ from kourier.errors import PublishError
 from kourier.server.serve import Service
 from kourier.settings import Settings
 from kourier.transports.memory import MemoryBroker, MemoryTransport
+from tests.scripted import AckScript, ScriptedTransport
 
 SETTINGS = Settings(partitions=1, reply_partitions=1, commit_interval=0.01, default_timeout=5.0)
 
 
-class ReplyOutage(MemoryTransport):
+def reply_outage(refused: int) -> AckScript:
     """Refuses to queue the first ``refused`` reply records, as a producer does that
     cannot reach any broker to learn about a reply topic it has not written to yet."""
+    left = [refused]
 
-    def __init__(self, broker: MemoryBroker, refused: int) -> None:
-        super().__init__(broker)
-        self.refused = refused
-
-    async def publish(
-        self,
-        topic: str,
-        value: bytes,
-        *,
-        key: bytes | None = None,
-        headers: Sequence[tuple[str, bytes]] = (),
-        partition: int | None = None,
-    ) -> Awaitable[None]:
-        if topic == SETTINGS.reply_topic and self.refused > 0:
-            self.refused -= 1
+    def script(topic: str, value: bytes) -> None:
+        if topic == SETTINGS.reply_topic and left[0] > 0:
+            left[0] -= 1
             raise PublishError(f"cannot publish to {topic!r}: no metadata from Kafka")
-        return await super().publish(topic, value, key=key, headers=headers, partition=partition)
+
+    return script
 
 
 def app_counting(runs: list[str]) -> Starlette:
@@ -85,7 +75,10 @@ async def test_a_reply_that_cannot_be_queued_is_replayed_to_the_retry(
     broker = MemoryBroker()
     runs: list[str] = []
     service = Service(
-        app_counting(runs), "e2e", SETTINGS, transport=ReplyOutage(broker, refused=refused)
+        app_counting(runs),
+        "e2e",
+        SETTINGS,
+        transport=ScriptedTransport(broker, reply_outage(refused)),
     )
     retry = Retry(attempts=6, attempt_timeout=0.3, backoff=0.05)
     with caplog.at_level(logging.ERROR, logger="kourier"):
