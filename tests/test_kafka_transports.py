@@ -838,3 +838,23 @@ async def test_tls_without_the_client_certificate_is_refused(client: Client) -> 
     )
     with pytest.raises(BrokerError, match="cannot connect"):
         await transport.start()
+
+
+async def test_a_topic_whose_metadata_lags_is_looked_for_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiokafka: a broker that does not know a topic yet (created a moment ago, in a
+    cluster) is asked again for a while; a topic that stays unknown is an error."""
+    transport = KafkaTransport(Settings())
+    answers = [{}, {}, {"fresh": {0: 1}}]
+
+    async def metadata(names: list[str]) -> dict[str, dict[int, int]]:
+        return answers.pop(0) if answers else {}
+
+    monkeypatch.setattr(transport, "_metadata", metadata)
+    assert await transport.partition_count("fresh") == 1
+    monkeypatch.setattr(kafka, "UNKNOWN_TOPIC_WAIT", 0.3)
+    started = time.monotonic()
+    with pytest.raises(BrokerError, match="'gone' does not exist"):
+        await transport.partition_count("gone")
+    assert 0.3 <= time.monotonic() - started < 2.0

@@ -278,18 +278,26 @@ class KafkaTransport(Transport):
             await asyncio.sleep(0.05)
 
     async def partition_count(self, topic: str) -> int:
-        found = await self._metadata([topic])
-        if topic not in found:
-            raise BrokerError(f"topic {topic!r} does not exist")
+        found = await self._require_topics([topic])
         return len(found[topic])
 
     async def _require_topics(self, topics: Iterable[str]) -> dict[str, dict[int, int]]:
+        """The topics' partitions; ``BrokerError`` for one that does not exist.
+
+        Metadata requests go to any broker, and in a cluster a topic created a moment
+        ago (by this process or another) may not have reached that broker's metadata
+        yet: a missing topic is looked for again for ``UNKNOWN_TOPIC_WAIT`` seconds.
+        """
         names = list(topics)
-        found = await self._metadata(names)
-        for name in names:
-            if name not in found:
-                raise BrokerError(f"topic {name!r} does not exist")
-        return found
+        deadline = time.monotonic() + UNKNOWN_TOPIC_WAIT
+        while True:
+            found = await self._metadata(names)
+            missing = [name for name in names if name not in found]
+            if not missing:
+                return found
+            if time.monotonic() >= deadline:
+                raise BrokerError(f"topic {missing[0]!r} does not exist")
+            await asyncio.sleep(0.1)
 
     async def _metadata(self, topics: Sequence[str]) -> dict[str, dict[int, int]]:
         """The partitions (and their leaders' ids, -1 for none) of those topics that exist."""
