@@ -35,7 +35,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TypeVar
 
-from bench.common import REPO_ROOT, Bench, median, percentile
+from bench.common import REPO_ROOT, Bench, Round, bounded_scenario, median, percentile
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,32 +98,12 @@ class Config:
     options: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
-class Round:
-    """One repetition of every scenario against one target."""
-
-    rep: int
-    target: str
-    values: dict[str, float] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
-
-
 def log(message: str) -> None:
     print(f"[bench.clients] {message}", file=sys.stderr, flush=True)
 
 
 async def _scenario(name: str, round_: Round, run: Callable[[], Awaitable[T]]) -> T | None:
-    """Run one scenario under the 60 s bound; a failure is recorded, not fatal."""
-    started = time.monotonic()
-    try:
-        async with asyncio.timeout(SCENARIO_LIMIT_S):
-            result = await run()
-    except Exception as error:  # recorded in the table, the run goes on
-        round_.errors.append(f"{name}: {type(error).__name__}: {error}")
-        log(f"  {round_.target} {name} FAILED after {time.monotonic() - started:.1f}s: {error!r}")
-        return None
-    log(f"  {round_.target} {name} done in {time.monotonic() - started:.1f}s")
-    return result
+    return await bounded_scenario(name, round_, run, limit_s=SCENARIO_LIMIT_S, log=log)
 
 
 async def run_round(config: Config, rep: int, target: str) -> Round:

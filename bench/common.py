@@ -42,7 +42,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -624,3 +624,49 @@ class Committer:
         """Wait (bounded) until everything submitted so far has been committed."""
         async with asyncio.timeout(timeout_s):
             await self._queue.join()
+
+
+_T = TypeVar("_T")
+
+
+# -- the runners' rounds ------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Round:
+    """One repetition of one target: the values it measured and what failed."""
+
+    rep: int
+    target: str
+    values: dict[str, float] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def describe(error: BaseException) -> str:
+    """One line for a failure in a report (each member of an exception group)."""
+    if isinstance(error, BaseExceptionGroup):
+        return "; ".join(describe(e) for e in error.exceptions)
+    if isinstance(error, TimeoutError) and not str(error):
+        return "TimeoutError: over the bound"
+    return f"{type(error).__name__}: {error}"
+
+
+async def bounded_scenario(
+    name: str,
+    round_: Round,
+    run: Callable[[], Awaitable[_T]],
+    *,
+    limit_s: float,
+    log: Callable[[str], None],
+) -> _T | None:
+    """Run one scenario under ``limit_s``; a failure is recorded in ``round_``, not fatal."""
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(limit_s):
+            result = await run()
+    except Exception as error:  # recorded in the report, the run goes on
+        round_.errors.append(f"{name}: {describe(error)}")
+        log(f"  {round_.target} {name} FAILED after {time.monotonic() - started:.1f}s: {error!r}")
+        return None
+    log(f"  {round_.target} {name} done in {time.monotonic() - started:.1f}s")
+    return result

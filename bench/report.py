@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from bench.common import REPO_ROOT, median
-from bench.run import TARGETS, Config, Results, Round
+from bench.common import REPO_ROOT, Round, median
+from bench.run import TARGETS, Config, Results
 from kourier.settings import Settings
 
 

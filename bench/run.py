@@ -42,7 +42,17 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 from bench import app_cost
-from bench.common import REPO_ROOT, Bench, ServiceProcess, cpu_seconds, percentile, rss_bytes
+from bench.common import (
+    REPO_ROOT,
+    Bench,
+    Round,
+    ServiceProcess,
+    bounded_scenario,
+    cpu_seconds,
+    describe,
+    percentile,
+    rss_bytes,
+)
 
 T = TypeVar("T")
 
@@ -164,32 +174,12 @@ class Config:
         return options
 
 
-@dataclass(slots=True)
-class Round:
-    """One repetition of one target: the values it measured and what failed."""
-
-    rep: int
-    target: str
-    values: dict[str, float] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
-
-
 def log(message: str) -> None:
     print(f"[bench.run] {message}", file=sys.stderr, flush=True)
 
 
 async def _scenario(name: str, round_: Round, run: Callable[[], Awaitable[T]]) -> T | None:
-    """Run one scenario under its bound; a failure is recorded, not fatal."""
-    started = time.monotonic()
-    try:
-        async with asyncio.timeout(SCENARIO_LIMIT_S):
-            result = await run()
-    except Exception as error:  # recorded in the report, the run goes on
-        round_.errors.append(f"{name}: {_describe(error)}")
-        log(f"  {round_.target} {name} FAILED after {time.monotonic() - started:.1f}s: {error!r}")
-        return None
-    log(f"  {round_.target} {name} done in {time.monotonic() - started:.1f}s")
-    return result
+    return await bounded_scenario(name, round_, run, limit_s=SCENARIO_LIMIT_S, log=log)
 
 
 @contextlib.asynccontextmanager
@@ -332,7 +322,7 @@ async def run_startups(config: Config, targets: Sequence[str]) -> list[Round]:
                     )
             except Exception as error:
                 log(f"start-up {target}: FAILED to set up: {error!r}")
-                rounds.append(Round(0, target, errors=[_describe(error)]))
+                rounds.append(Round(0, target, errors=[describe(error)]))
         launching = list(makers)
         for launch in range(config.startups):
             shift = launch % max(1, len(launching))
@@ -397,7 +387,7 @@ async def run_all(config: Config) -> Results:
                 results.startups = await run_startups(config, starting)
         except Exception as error:
             log(f"start-up FAILED: {error!r}")
-            results.startups = [Round(0, t, errors=[_describe(error)]) for t in starting]
+            results.startups = [Round(0, t, errors=[describe(error)]) for t in starting]
     return results
 
 
@@ -417,15 +407,7 @@ async def _bounded(
             return await run(config, rep, target)
     except Exception as error:  # setup failure or budget exhausted mid-round
         log(f"rep {rep + 1} {target}: FAILED: {error!r}")
-        return Round(rep, target, errors=[_describe(error)])
-
-
-def _describe(error: BaseException) -> str:
-    if isinstance(error, BaseExceptionGroup):
-        return "; ".join(_describe(e) for e in error.exceptions)
-    if isinstance(error, TimeoutError) and not str(error):
-        return "TimeoutError: over the bound"
-    return f"{type(error).__name__}: {error}"
+        return Round(rep, target, errors=[describe(error)])
 
 
 def _short(values: dict[str, float]) -> str:

@@ -13,8 +13,16 @@ import math
 import httpx
 import pytest
 from bench import report
-from bench.common import ECHO_BODY, JSON_CONTENT, call_asgi, echo_reply, http_scope, stream_item
-from bench.run import DEFAULT_TARGETS, TARGETS, Config, Results, Round, run_all
+from bench.common import (
+    ECHO_BODY,
+    JSON_CONTENT,
+    Round,
+    call_asgi,
+    echo_reply,
+    http_scope,
+    stream_item,
+)
+from bench.run import DEFAULT_TARGETS, TARGETS, Config, Results, run_all
 
 from tests.conftest import kafka_bootstrap
 
