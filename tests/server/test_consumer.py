@@ -251,3 +251,36 @@ async def test_a_member_full_only_for_moments_never_pauses() -> None:
     await consumer.stop()
     assert pauses == []
     assert sorted(int(value or b"") for value in handled) == list(range(40))
+
+
+async def test_a_backlog_starts_in_batches_with_the_loop_run_between() -> None:
+    """Work a handler leaves for the event loop (the producer sending its reply) runs
+    before the next batch of a backlog starts, not after the whole backlog."""
+    from kourier.server.consumer import FETCH_BATCH
+
+    _, transport = await _setup(partitions=1)
+    events: list[str] = []
+
+    async def handler(record: Record) -> None:
+        number = int(record.value or b"")
+        events.append(f"start {number}")
+        # As a producer does for a reply: wake a task that runs on a later loop step.
+        asyncio.get_running_loop().call_soon(events.append, f"sent {number}")
+
+    total = FETCH_BATCH * 3
+    for i in range(total):
+        await transport.publish(TOPIC, str(i).encode())
+    consumer = _consumer(transport, handler, concurrency=total)
+    await consumer.start()
+    await _eventually(lambda: consumer.completed == total)
+    await consumer.stop()
+    assert sorted(e for e in events if e.startswith("start")) == sorted(
+        f"start {i}" for i in range(total)
+    )
+    # The first record's reply left before the second batch began.
+    assert events.index("sent 0") < events.index(f"start {FETCH_BATCH}")
+    # And no batch was larger than FETCH_BATCH: between two sends, at most that many starts.
+    starts_in_a_row = 0
+    for event in events:
+        starts_in_a_row = starts_in_a_row + 1 if event.startswith("start") else 0
+        assert starts_in_a_row <= FETCH_BATCH

@@ -34,6 +34,9 @@ Handler = Callable[[Record], Awaitable[None]]
 
 #: How long a full consumer waits for a free slot before it pauses its partitions.
 PAUSE_AFTER = 0.5
+#: Records started per turn of the fetch loop, which then lets the event loop run once
+#: before it starts more (see ``_fetch_loop``).
+FETCH_BATCH = 16
 
 
 class _Progress:
@@ -159,7 +162,7 @@ class RequestConsumer:
             try:
                 # While paused, only poll (timeout 0): the wait is for a free slot, below.
                 records = await self._consumer.fetch(
-                    max(free, 1), timeout=0.0 if self._paused else 0.5
+                    max(min(free, FETCH_BATCH), 1), timeout=0.0 if self._paused else 0.5
                 )
             except BrokerError as exc:
                 logger.warning("fetch failed, retrying: %s", exc)
@@ -169,6 +172,14 @@ class RequestConsumer:
                 self.last_progress = time.monotonic()
             for record in records:
                 self._accept(record)
+            if records:
+                # Let what is ready run before starting more. asyncio runs ready callbacks
+                # in order, and the producer's sender, woken by the first reply, queues
+                # behind every handler started before it: starting a whole prefetched
+                # batch at once (the client returns it without a wait) would hold every
+                # reply until the last handler had run, and caller and service would take
+                # turns instead of overlapping.
+                await asyncio.sleep(0)
             if self._paused and not records:
                 # Nothing can be taken until a handler finishes: wait for that (or for
                 # the poll interval, so rebalances are still answered).
