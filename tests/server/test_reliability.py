@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -148,6 +149,35 @@ async def test_the_memory_store_is_bounded_and_expires() -> None:
     await store.put("short", Recorded((reply,), 10), ttl=0.01)
     await asyncio.sleep(0.02)
     assert await store.get("short") is None
+
+
+async def test_the_memory_store_gives_back_what_it_recorded() -> None:
+    """Every field of every item comes back as it was recorded."""
+    store = MemoryIdempotencyStore()
+    items = (
+        Reply("a1", 0, b"first", False, 206, [(b"content-type", b"x/y"), (b"x-n", b"1")]),
+        Reply("a1", 1, b"", True, None, [], "e" * 16, "orders"),
+    )
+    await store.put("id:a1", Recorded(items, 5), ttl=60)
+    assert await store.get("id:a1") == Recorded(items, 5)
+
+
+async def test_a_full_memory_store_leaves_the_garbage_collector_nothing_to_scan() -> None:
+    """Recorded responses do not stay objects the collector tracks: a service keeps
+    thousands of them, and tracked ones made every full collection slower and, by
+    surviving young collections, more frequent (a 40-60 ms pause every second under
+    load)."""
+    store = MemoryIdempotencyStore()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"11")]
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(2000):
+        reply = Reply(f"r{i}", 0, b'{"ok":true}', True, 200, list(headers), None, "orders")
+        await store.put(f"id:r{i}", Recorded((reply,), 11), ttl=60)
+    del reply
+    gc.collect()
+    assert len(store) == 2000
+    assert len(gc.get_objects()) - before < 100
 
 
 class SlowStore(MemoryIdempotencyStore):
