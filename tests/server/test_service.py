@@ -224,3 +224,27 @@ async def test_an_app_that_returns_on_the_lifespan_scope_is_served_at_once() -> 
     async with asyncio.timeout(5):
         await service.start()
     await service.stop()
+
+
+async def test_serve_moves_what_exists_at_start_out_of_the_collectors_way() -> None:
+    """By the time ``serve`` reports ready, the app and its libraries are frozen, so the
+    full collections a busy service runs every second or so do not walk them."""
+    import gc
+    import os
+    import signal
+
+    from kourier.server.serve import serve
+
+    frozen_at_ready: list[int] = []
+
+    def ready(instance: Service) -> None:
+        frozen_at_ready.append(gc.get_freeze_count())
+        asyncio.get_running_loop().call_soon(os.kill, os.getpid(), signal.SIGTERM)
+
+    transport = MemoryTransport()
+    try:
+        async with asyncio.timeout(10):
+            await serve(apps.app, "orders", SETTINGS, transport=transport, ready=ready)
+    finally:
+        gc.unfreeze()
+    assert frozen_at_ready and frozen_at_ready[0] > 1000
