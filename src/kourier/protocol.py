@@ -223,16 +223,33 @@ def _split(headers: Sequence[tuple[str, bytes]]) -> tuple[dict[str, bytes], Http
                 raise ProtocolError(f"header {name!r} appears twice")
             own[name] = value
         else:
-            lowered = name.lower()
-            if not _HEADER_NAME.match(lowered):
-                raise ProtocolError(f"header {name[:60]!r} is not a valid HTTP header name")
-            user.append((lowered.encode("latin-1"), value))
+            wire_name = _user_names.get(name)
+            if wire_name is None:
+                wire_name = _user_name(name)
+            user.append((wire_name, value))
     version = own.get(H_VERSION)
     if version is None:
         raise ProtocolError(f"no {H_VERSION} header: not a kourier record")
     if version != VERSION:
         raise ProtocolError(f"unsupported wire format version {version[:16]!r}")
     return own, user
+
+
+#: HTTP header names seen on the wire -> their lower-case bytes; a service sees the same
+#: few names over and over, and the look-up replaces a lower(), a regex and an encode.
+_user_names: dict[str, bytes] = {}
+_USER_NAMES_MAX = 4096
+
+
+def _user_name(name: str) -> bytes:
+    lowered = name.lower()
+    if not _HEADER_NAME.match(lowered):
+        raise ProtocolError(f"header {name[:60]!r} is not a valid HTTP header name")
+    wire_name = lowered.encode("latin-1")
+    if len(_user_names) >= _USER_NAMES_MAX:
+        _user_names.clear()
+    _user_names[name] = wire_name
+    return wire_name
 
 
 def _required(own: dict[str, bytes], name: str) -> bytes:
@@ -276,6 +293,12 @@ def reply_to_of(headers: Sequence[tuple[str, bytes]]) -> ReplyAddress | None:
     return None
 
 
+_NOT_IN_TARGET = re.compile(rb"[ \r\n\t#]")
+#: Reply addresses seen -> decoded (immutable, so shared): one per caller partition.
+_reply_addresses: dict[bytes, ReplyAddress] = {}
+_REPLY_ADDRESSES_MAX = 4096
+
+
 def decode_request(
     key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]
 ) -> Request:
@@ -296,22 +319,29 @@ def decode_request(
         target = target_raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError(f"{H_TARGET} is not UTF-8") from None
-    if not target.startswith("/") or any(c in target for c in " \r\n\t#"):
+    # On the bytes: none of these characters can be part of a multi-byte UTF-8 sequence.
+    if not target_raw.startswith(b"/") or _NOT_IN_TARGET.search(target_raw):
         raise ProtocolError(f"{H_TARGET} {target[:60]!r} is not an origin-form path")
     reply_to = None
     if kind == TYPE_REQUEST:
-        reply_to = ReplyAddress.decode(_required(own, H_REPLY_TO))
+        raw_reply_to = _required(own, H_REPLY_TO)
+        reply_to = _reply_addresses.get(raw_reply_to)
+        if reply_to is None:
+            reply_to = ReplyAddress.decode(raw_reply_to)
+            if len(_reply_addresses) >= _REPLY_ADDRESSES_MAX:
+                _reply_addresses.clear()
+            _reply_addresses[raw_reply_to] = reply_to
     attempt = _int(own, H_ATTEMPT) or 1
     return Request(
-        id=raw_id.decode("ascii"),
-        method=method.decode("ascii").upper(),
-        target=target,
-        headers=user,
-        body=value or b"",
-        deadline_ms=_int(own, H_DEADLINE),
-        reply_to=reply_to,
-        key=key,
-        attempt=attempt,
+        raw_id.decode("ascii"),
+        method.decode("ascii").upper(),
+        target,
+        user,
+        value or b"",
+        _int(own, H_DEADLINE),
+        reply_to,
+        key,
+        attempt,
     )
 
 
