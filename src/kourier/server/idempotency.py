@@ -43,7 +43,7 @@ class MemoryIdempotencyStore:
     """An LRU of recorded responses, bounded in entries and bytes, expiring after the TTL.
 
     Each entry's reply items are kept serialised in one ``bytes`` object (``marshal`` of
-    plain tuples; read back only for a repeat), not as ``Reply`` objects. The garbage
+    their fields; read back only for a repeat), not as ``Reply`` objects. The garbage
     collector does not track bytes, so a full store adds nothing to its collections. As
     objects, each entry was several tracked ones that lived long enough to count as
     long-lived, and at a few thousand requests a second a service ran a full collection
@@ -71,7 +71,7 @@ class MemoryIdempotencyStore:
         self._entries.move_to_end(key)
         return Recorded(
             tuple(
-                Reply(request_id, seq, body, end, status, list(headers), error_id, responder)
+                Reply(request_id, seq, body, end, status, headers, error_id, responder)
                 for (request_id, seq, body, end, status, headers, error_id, responder) in (
                     marshal.loads(items)
                 )
@@ -85,19 +85,10 @@ class MemoryIdempotencyStore:
         if key in self._entries:
             self._drop(key)
         items = marshal.dumps(
-            tuple(
-                (
-                    r.request_id,
-                    r.seq,
-                    bytes(r.body),
-                    r.end,
-                    r.status,
-                    tuple((bytes(n), bytes(v)) for n, v in r.headers),
-                    r.error_id,
-                    r.responder,
-                )
+            [
+                (r.request_id, r.seq, r.body, r.end, r.status, r.headers, r.error_id, r.responder)
                 for r in recorded.items
-            )
+            ]
         )
         self._entries[key] = (time.monotonic() + ttl, recorded.size, items)
         self._bytes += recorded.size

@@ -19,7 +19,7 @@ from typing import Any
 from kourier import protocol
 from kourier.errors import KourierError, ProtocolError
 from kourier.ops.health import HealthServer
-from kourier.ops.logging import bind_request, service_var
+from kourier.ops.logging import request_id_var, service_var
 from kourier.ops.tracing import TracingMiddleware
 from kourier.protocol import Reply, ReplyAddress, Request
 from kourier.server.asgi import JSON_HEADERS, ASGIApp, error_body, run_app
@@ -192,8 +192,14 @@ class Service:
         except ProtocolError as exc:
             await self._reject(record, exc)
             return
-        with bind_request(request.id, self.name):
+        # bind_request's assignments without its generator: this runs for every record.
+        id_token = request_id_var.set(request.id)
+        service_token = service_var.set(self.name)
+        try:
             await self._handle_request(request, record)
+        finally:
+            request_id_var.reset(id_token)
+            service_var.reset(service_token)
 
     async def _handle_request(self, request: Request, record: Record) -> None:
         if request.deadline_ms is not None and protocol.now_ms() > request.deadline_ms:
@@ -275,7 +281,8 @@ class Service:
                 )
         else:
             self.stats.replied += 1
-        await sink.settled()
+        if sink.acks:
+            await sink.settled()
         if self.hooks.has("reply"):
             event = ReplyEvent(
                 self.name,
@@ -420,7 +427,7 @@ class _ReplySink:
     def __init__(self, service: Service, reply_to: ReplyAddress | None) -> None:
         self._service = service
         self._reply_to = reply_to
-        self._acks: list[Awaitable[None]] = []
+        self.acks: list[Awaitable[None]] = []
         self._yielded_at = 0.0
         self.items: list[Reply] = []
         self.recordable = True
@@ -452,9 +459,9 @@ class _ReplySink:
             # store; raising here would make the app fail and end the reply with an error.
             logger.error("reply item %d to %s was not sent: %s", reply.seq, self._reply_to, exc)
             return
-        self._acks.append(ack)
-        if len(self._acks) >= _ACKS_PRUNE_AT:
-            self._acks = _pending(self._acks)
+        self.acks.append(ack)
+        if len(self.acks) >= _ACKS_PRUNE_AT:
+            self.acks = _pending(self.acks)
         if not reply.end:
             now = time.monotonic()
             if reply.seq == 0 or now - self._yielded_at >= STREAM_FLUSH_INTERVAL:
@@ -462,7 +469,7 @@ class _ReplySink:
                 await asyncio.sleep(0)
 
     async def settled(self) -> None:
-        await _all(self._acks)
+        await _all(self.acks)
 
 
 def _pending(acks: list[Awaitable[None]]) -> list[Awaitable[None]]:

@@ -187,19 +187,21 @@ class KafkaTransport(Transport):
     ) -> Awaitable[None]:
         producer = self._running_producer()
         await self._check_destination(producer, topic, partition)
-        size = len(value) + len(key or b"") + sum(len(k) + len(v) for k, v in headers)
+        if headers.__class__ is not list:
+            headers = list(headers)
         try:
             delivery = await producer.send(
-                topic, value, key=key, partition=partition, headers=list(headers)
+                topic, value, key=key, partition=partition, headers=headers
             )
         except KafkaError as err:
-            raise PublishError(_publish_failure(err, topic, size)) from err
-        return _acknowledgement(delivery, topic, size)
+            raise PublishError(_publish_failure(err, topic, _size(value, key, headers))) from err
+        return _acknowledgement(delivery, topic, value, key, headers)
 
     async def _check_destination(self, producer: Any, topic: str, partition: int | None) -> None:
         """Fail fast, without auto-creating it, when the topic or partition does not exist."""
-        known = producer.client.cluster.partitions_for_topic(topic)
-        partitions = set(known) if known is not None else await self._wait_for_topic(topic)
+        partitions = producer.client.cluster.partitions_for_topic(topic)
+        if partitions is None:
+            partitions = await self._wait_for_topic(topic)
         if partition is not None and partition not in partitions:
             raise PublishError(f"topic {topic!r} has no partition {partition}")
 
@@ -704,7 +706,18 @@ def _record(message: Any) -> Record:
     )
 
 
-def _acknowledgement(delivery: Any, topic: str, size: int) -> asyncio.Future[None]:
+def _size(value: bytes, key: bytes | None, headers: Sequence[tuple[str, bytes]]) -> int:
+    """A record's size as error messages give it (counted only when one is written)."""
+    return len(value) + len(key or b"") + sum(len(k) + len(v or b"") for k, v in headers)
+
+
+def _acknowledgement(
+    delivery: Any,
+    topic: str,
+    value: bytes,
+    key: bytes | None,
+    headers: Sequence[tuple[str, bytes]],
+) -> asyncio.Future[None]:
     """A future that resolves when the broker has the record, or fails with PublishError."""
     acknowledged: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -714,7 +727,7 @@ def _acknowledgement(delivery: Any, topic: str, size: int) -> asyncio.Future[Non
         if result.cancelled():
             acknowledged.set_exception(PublishError(f"publish to {topic!r} was cancelled"))
         elif (err := result.exception()) is not None:
-            failure = PublishError(_publish_failure(err, topic, size))
+            failure = PublishError(_publish_failure(err, topic, _size(value, key, headers)))
             failure.__cause__ = err
             acknowledged.set_exception(failure)
         else:
