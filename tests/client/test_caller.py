@@ -65,6 +65,33 @@ async def test_json_body_headers_and_params_travel(client: Client, serve: Serve)
     assert seen["body"] == '{"item":"book","qty":2}'
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Tenant": "acme", "Content-Type": "text/plain"},
+        {"x-tenant": "acme"},
+        {"X-Name": "Zoë"},  # not ASCII: refused as httpx refuses it
+        [("X-Tenant", "acme"), ("x-tenant", "again")],
+        {b"X-Raw": b"bytes"},
+    ],
+)
+@pytest.mark.parametrize("json_body", [False, True])
+def test_call_headers_are_the_pairs_httpx_would_send(headers: Any, json_body: bool) -> None:
+    """Whatever form the headers take, the call sends httpx's pairs, and a JSON body
+    adds its content type only where none was given."""
+    from kourier.client.caller import _user_headers
+
+    try:
+        expected = httpx.Headers(headers)
+    except UnicodeEncodeError:
+        with pytest.raises(UnicodeEncodeError):
+            _user_headers(headers, json_body=json_body)
+        return
+    if json_body and "content-type" not in expected:
+        expected["content-type"] = "application/json"
+    assert _user_headers(headers, json_body=json_body) == list(expected.raw)
+
+
 async def test_request_carries_deadline_key_and_id(client: Client, serve: Serve) -> None:
     """The record carries the given id, the ordering key and a deadline of now + timeout."""
     service = await serve()

@@ -708,6 +708,16 @@ def _user_headers(headers: Headers | None, *, json_body: bool) -> list[tuple[byt
     """The call's headers as raw pairs; a JSON body adds its content type unless given."""
     if headers is None:
         return [_JSON_CONTENT_TYPE] if json_body else []
+    if headers.__class__ is dict:
+        # The common case, a dict of ASCII strings: the pairs httpx would make, without it.
+        try:
+            pairs = [(k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()]
+        except (AttributeError, UnicodeEncodeError):
+            pass  # bytes, numbers or non-ASCII: httpx's rules below
+        else:
+            if json_body and not any(name.lower() == b"content-type" for name, _ in pairs):
+                pairs.append(_JSON_CONTENT_TYPE)
+            return pairs
     parsed = httpx.Headers(headers)
     if json_body and "content-type" not in parsed:
         parsed["content-type"] = "application/json"

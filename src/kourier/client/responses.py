@@ -27,7 +27,7 @@ class Response:
         self,
         status_code: int,
         *,
-        headers: httpx.Headers,
+        headers: httpx.Headers | list[tuple[bytes, bytes]],
         content: bytes,
         request_id: str,
         error_id: str | None = None,
@@ -36,7 +36,8 @@ class Response:
         url: str = "",
     ) -> None:
         self.status_code = status_code
-        self.headers = headers
+        # Raw pairs become httpx.Headers when first read: many callers never look.
+        self._headers = headers
         self.content = content
         self.request_id = request_id
         #: The id under which the service logged its failure (``kourier-error``), if any.
@@ -46,6 +47,13 @@ class Response:
         self._method = method
         self._url = url
 
+    @property
+    def headers(self) -> httpx.Headers:
+        headers = self._headers
+        if not isinstance(headers, httpx.Headers):
+            headers = self._headers = httpx.Headers(headers)
+        return headers
+
     @classmethod
     def from_items(cls, items: Sequence[Reply], *, method: str, url: str) -> Response:
         """Join a reply's items (item 0 first, the end marker last) into one response."""
@@ -54,8 +62,8 @@ class Response:
         assert first.status is not None  # decode_reply guarantees it for item 0
         return cls(
             first.status,
-            headers=httpx.Headers(first.headers),
-            content=b"".join(item.body for item in items),
+            headers=first.headers,
+            content=first.body if len(items) == 1 else b"".join(item.body for item in items),
             request_id=first.request_id,
             error_id=first.error_id or last.error_id,
             responder=first.responder,
