@@ -367,6 +367,17 @@ async def test_an_unacknowledged_request_times_out_at_its_deadline(settings: Set
         assert client.inbox.waiting == 0 and client.stats.timeouts == 1
 
 
+async def test_a_request_the_broker_refuses_fails_at_once(settings: Settings) -> None:
+    """A two-way request whose publish the broker refuses raises PublishError as soon as
+    the refusal comes, not at the deadline, and leaves no waiter behind."""
+    async with Client(settings, transport=ScriptedTransport(script=refuse_some)) as client:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(PublishError, match="broker said no"):
+            await client.request("orders", "POST", "/", content="refuse", timeout=5)
+        assert asyncio.get_running_loop().time() - started < 1.0
+        assert client.inbox.waiting == 0 and client.stats.timeouts == 0
+
+
 async def test_flush_raises_for_a_refused_message_nobody_awaited(settings: Settings) -> None:
     """A failed delivery is never silent: its await raises, and so does the next flush."""
     async with Client(settings, transport=ScriptedTransport(script=refuse_some)) as client:
