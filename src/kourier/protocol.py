@@ -155,14 +155,28 @@ def validate_user_headers(headers: Iterable[tuple[bytes, bytes]]) -> HttpHeaders
     """Lower-case HTTP header names; refuse names that would collide with the protocol."""
     out: HttpHeaders = []
     for name, value in headers:
-        lowered = name.lower()
-        text = lowered.decode("latin-1")
-        if text.startswith(PREFIX):
-            raise ProtocolError(f"header {text!r}: names starting with {PREFIX!r} are reserved")
-        if not _HEADER_NAME.match(text):
-            raise ProtocolError(f"header {text[:60]!r} is not a valid HTTP header name")
+        lowered = _valid_names.get(name) if name.__class__ is bytes else None
+        if lowered is None:
+            lowered = _valid_name(name)
         out.append((lowered, value))
     return out
+
+
+#: HTTP header names a caller sent -> their checked lower-case form (see _user_names).
+_valid_names: dict[bytes, bytes] = {}
+
+
+def _valid_name(name: bytes) -> bytes:
+    lowered = name.lower()
+    text = lowered.decode("latin-1")
+    if text.startswith(PREFIX):
+        raise ProtocolError(f"header {text!r}: names starting with {PREFIX!r} are reserved")
+    if not _HEADER_NAME.match(text):
+        raise ProtocolError(f"header {text[:60]!r} is not a valid HTTP header name")
+    if len(_valid_names) >= _USER_NAMES_MAX:
+        _valid_names.clear()
+    _valid_names[bytes(name)] = lowered
+    return lowered
 
 
 def encode_request(request: Request) -> tuple[bytes | None, bytes, KafkaHeaders]:

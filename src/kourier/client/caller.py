@@ -212,16 +212,21 @@ class Client:
             )
             call.request_id(request.id)
             policy = self._policy(retry, request)
-            with self.inbox.expect(request.id) as waiter, self._counting_timeouts():
-                if policy is None:
-                    items = await self._answer(topic, request, waiter, deadline)
-                else:
-                    items = [await self._first_item(topic, request, waiter, policy, deadline)]
-                    while not items[-1].end:
-                        items.append(await waiter.next(deadline))
+            with self.inbox.expect(request.id) as waiter:
+                try:
+                    if policy is None:
+                        items = await self._answer(topic, request, waiter, deadline)
+                    else:
+                        items = [await self._first_item(topic, request, waiter, policy, deadline)]
+                        while not items[-1].end:
+                            items.append(await waiter.next(deadline))
+                except ReplyTimeout:
+                    self.stats.timeouts += 1
+                    raise
             response = Response.from_items(items, method=request.method, url=_url(service, request))
             call.status(response.status_code)
-        await self.hooks.emit("response", response)
+        if self.hooks.has("response"):
+            await self.hooks.emit("response", response)
         return response
 
     async def send(
@@ -460,7 +465,8 @@ class Client:
             reply_to=self.inbox.address if two_way else None,
             key=key.encode("utf-8") if isinstance(key, str) else key,
         )
-        await self.hooks.emit("request", request)
+        if self.hooks.has("request"):
+            await self.hooks.emit("request", request)
         self._validate(request)
         self.stats.requests += 1
         return request

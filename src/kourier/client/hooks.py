@@ -51,6 +51,10 @@ class CallerHooks:
             raise SettingsError(f"hooks: {function!r} for {name!r} is not callable")
         self._hooks[name].append(function)
 
+    def has(self, name: str) -> bool:
+        """True if any hook is registered for ``name`` (a call skips emitting if not)."""
+        return bool(self._hooks[name])
+
     async def emit(self, name: str, subject: object) -> None:
         for function in self._hooks[name]:
             result = function(subject)
