@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from tests.conftest import kafka_bootstrap
-from tests.e2e.test_processes import ROOT, ServiceProcess
+from tests.e2e.test_processes import ServiceProcess
+from tests.processes import ROOT
 
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e, pytest.mark.timeout(180)]
 

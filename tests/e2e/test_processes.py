@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,19 +14,16 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import kafka_bootstrap
+from tests.processes import ROOT, LoggedProcess
 
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e, pytest.mark.timeout(300)]
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-class ServiceProcess:
+class ServiceProcess(LoggedProcess):
     """A `kourier run` process whose log is kept and scanned for readiness."""
 
     def __init__(self, env: dict[str, str], *extra: str) -> None:
-        self.lines: list[str] = []
-        self.ready = threading.Event()
-        self.process = subprocess.Popen(
+        super().__init__(
             [
                 sys.executable,
                 "-m",
@@ -38,20 +34,9 @@ class ServiceProcess:
                 "e2e",
                 *extra,
             ],
-            cwd=ROOT,
-            env=env,
-            stderr=subprocess.PIPE,
-            text=True,
+            env,
+            lambda line: "ready: service" in line,
         )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line)
-            if "ready: service" in line:
-                self.ready.set()
 
     def stop(self) -> int:
         if self.process.poll() is None:
@@ -61,7 +46,7 @@ class ServiceProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             code = self.process.wait()
-        self._reader.join(timeout=5)
+        self.join_reader()
         if self.process.stderr is not None:
             self.process.stderr.close()
         return code

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import kafka_bootstrap
-from tests.e2e.test_processes import ROOT
 from tests.faults.harness import PrivateBroker
+from tests.processes import ROOT
 
 MakeEnv = Callable[..., dict[str, str]]
 

@@ -16,7 +16,6 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -24,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.test_processes import ROOT, ServiceProcess
+from tests.e2e.test_processes import ServiceProcess
+from tests.processes import ROOT, LoggedProcess
 
 KAFKA_SCRIPT = ROOT / "scripts" / "kafka"
 
@@ -130,38 +130,21 @@ class PrivateBroker:
 # -- processes -----------------------------------------------------------------------------
 
 
-class CallerProcess:
+class CallerProcess(LoggedProcess):
     """A ``tests.faults.load`` process; ``ready`` is set once its client has started."""
 
     def __init__(self, env: dict[str, str], **options: Any) -> None:
         self.options = options
-        self.ready = threading.Event()
-        self.lines: list[str] = []
-        self.process = subprocess.Popen(
+        super().__init__(
             [sys.executable, "-m", "tests.faults.load", json.dumps(options)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            env,
+            lambda line: line.strip() == "ready",
+            capture_stdout=True,
         )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line)
-            if line.strip() == "ready":
-                self.ready.set()
-
-    @property
-    def running(self) -> bool:
-        return self.process.poll() is None
 
     def report(self, timeout: float) -> LoadReport:
         out, _ = self.process.communicate(timeout=timeout)
-        self._reader.join(timeout=5)
+        self.join_reader()
         assert self.process.returncode == 0, "".join(self.lines[-40:])
         return LoadReport(json.loads(out))
 
