@@ -19,38 +19,15 @@ module must stay cheap to import: the services that load it are what is measured
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import StreamingResponse
 
-from bench.common import announce, stream_item
+from bench.common import EventCount, stream_item
 
 app = FastAPI(title="kourier bench app")
-
-
-class EventCount:
-    """Events handled since the last end marker, and how many that marker expects."""
-
-    def __init__(self) -> None:
-        self.seen = 0
-        self.expected: int | None = None
-
-    def event(self) -> None:
-        self.seen += 1
-        self._check()
-
-    def end(self, expect: int) -> None:
-        self.expected = expect
-        self._check()
-
-    def _check(self) -> None:
-        if self.expected is not None and self.seen >= self.expected:
-            announce("END", self.expected, repr(time.monotonic()))
-            self.seen -= self.expected
-            self.expected = None
 
 
 events_count = EventCount()

@@ -569,6 +569,30 @@ def announce(*fields: object) -> None:
     print(*fields, flush=True)
 
 
+class EventCount:
+    """Service side, for the apps kourier serves: events handled since the last end
+    marker, and how many that marker expects; prints ``END <n> <monotonic time>`` once
+    the handled events reach what the marker said."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.expected: int | None = None
+
+    def event(self) -> None:
+        self.seen += 1
+        self._check()
+
+    def end(self, expect: int) -> None:
+        self.expected = expect
+        self._check()
+
+    def _check(self) -> None:
+        if self.expected is not None and self.seen >= self.expected:
+            announce("END", self.expected, repr(time.monotonic()))
+            self.seen -= self.expected
+            self.expected = None
+
+
 async def wait_for_shutdown() -> None:
     """Service side: return once stdin is closed or SIGTERM/SIGINT arrives."""
     loop = asyncio.get_running_loop()

@@ -8,8 +8,11 @@ ratios are shown beside it.
 
 "raw with the same app" is the hand-written baseline whose service calls ``bench.app``
 as kourier's does (``kind == "raw_app"``, ``raw_aiokafka_app``): that ratio leaves out
-what FastAPI costs and shows kourier's own overhead. It is shown, not judged: the
-targets stay as the issue states them.
+what FastAPI costs and shows kourier's own overhead. "kourier, bare app" is kourier
+serving ``bench.bare_app`` (``kind == "kourier_bare"``): the same routes without a
+framework, doing per request what the raw baselines' services do, so its ratio to the
+best raw is kourier's cost on top of a hand-written service. Both are shown, not judged:
+the targets stay as the issue states them, on kourier serving the FastAPI app.
 """
 
 from __future__ import annotations
@@ -168,6 +171,11 @@ def raw_app_target(config: Config) -> str | None:
     return next((t for t in config.targets if TARGETS[t].kind == "raw_app"), None)
 
 
+def bare_target(config: Config) -> str | None:
+    """kourier serving the bare ASGI app, if this run has it."""
+    return next((t for t in config.targets if TARGETS[t].kind == "kourier_bare"), None)
+
+
 def kourier_targets(config: Config) -> tuple[str | None, str | None]:
     """The native and the httpx kourier target of this run, if any."""
     native = next(
@@ -187,6 +195,8 @@ class Verdict:
     met: bool
     #: For a goal against raw: kourier ÷ the raw baseline with the same app (not judged).
     vs_app: float = math.nan
+    #: For a goal against raw: kourier serving the bare app ÷ the best raw (not judged).
+    bare_vs_raw: float = math.nan
 
 
 def table_rows(config: Config, results: Results) -> tuple[list[str], list[Verdict]]:
@@ -194,12 +204,15 @@ def table_rows(config: Config, results: Results) -> tuple[list[str], list[Verdic
     native, httpx = kourier_targets(config)
     http = next((t for t in config.targets if TARGETS[t].kind == "http"), None)
     raw_app = raw_app_target(config)
+    bare = bare_target(config)
     same_app = " kourier ÷ raw with the same app |" if raw_app else ""
+    bare_column = " kourier, bare app ÷ best raw |" if bare else ""
+    ratio_columns = 2 + (1 if raw_app else 0) + (1 if bare else 0)
     header = [
         "| scenario | metric | "
         + " | ".join(config.targets)
-        + f" | kourier ÷ best raw |{same_app} kourier ÷ HTTP | target | met |",
-        "|---|---|" + "---:|" * len(config.targets) + "---:|" * (3 if raw_app else 2) + "---|---|",
+        + f" | kourier ÷ best raw |{same_app}{bare_column} kourier ÷ HTTP | target | met |",
+        "|---|---|" + "---:|" * len(config.targets) + "---:|" * ratio_columns + "---|---|",
     ]
     rows: list[str] = []
     verdicts: list[Verdict] = []
@@ -220,9 +233,14 @@ def table_rows(config: Config, results: Results) -> tuple[list[str], list[Verdic
         vs_http = _fmt_ratio(_ratio(mine, http_value), _ratio(theirs, http_value))
         app_value = None if raw_app is None else values[raw_app]
         vs_app = _fmt_ratio(_ratio(mine, app_value), _ratio(theirs, app_value))
+        bare_value = values[bare] if bare else math.nan
+        bare_vs_raw = _ratio(bare_value, best_value)
+        vs_bare = "" if math.isnan(bare_vs_raw) else _times(bare_vs_raw)
         if metric.key == "stream_vs_one_way":
-            vs_raw = vs_http = vs_app = ""
-        vs_raw_cells = f"{vs_raw} | {vs_app}" if raw_app else vs_raw
+            vs_raw = vs_http = vs_app = vs_bare = ""
+        vs_raw_cells = (
+            vs_raw + (f" | {vs_app}" if raw_app else "") + (f" | {vs_bare}" if bare else "")
+        )
         goal, met = "", ""
         if metric.goal is not None and native is not None:
             judged = _ratio(mine, best_value) if metric.goal.vs_raw else mine
@@ -230,7 +248,8 @@ def table_rows(config: Config, results: Results) -> tuple[list[str], list[Verdic
             if not math.isnan(judged):
                 ok = metric.goal.met(judged, metric.higher_is_better)
                 same = _ratio(mine, app_value) if metric.goal.vs_raw else math.nan
-                verdicts.append(Verdict(metric, judged, ok, same))
+                bare_judged = bare_vs_raw if metric.goal.vs_raw else math.nan
+                verdicts.append(Verdict(metric, judged, ok, same, bare_judged))
                 met = "met" if ok else "**missed**"
             else:
                 met = "not measured"
@@ -277,6 +296,7 @@ def render(config: Config, results: Results, env: Sequence[str]) -> str:
         "",
         summary,
         *_same_app_summary(raw_app, verdicts),
+        *_bare_summary(bare_target(config), verdicts),
         "",
         f"Medians of {config.reps} repetitions (start-up: of {config.startups} launches); the "
         "order of the targets rotates between repetitions. Every repetition starts a fresh "
@@ -318,6 +338,30 @@ def _same_app_summary(raw_app: str | None, verdicts: Sequence[Verdict]) -> list[
         f"The same ratios against {raw_app} (raw aiokafka whose service calls bench.app, "
         f"so FastAPI's cost is on both sides; shown, not judged): {ratios}.",
     ]
+
+
+def _bare_summary(bare: str | None, verdicts: Sequence[Verdict]) -> list[str]:
+    """The goals against raw, for kourier serving the bare app (kourier's own cost)."""
+    measured = [v for v in verdicts if not math.isnan(v.bare_vs_raw)]
+    if bare is None or not measured:
+        return []
+    ratios = ", ".join(
+        f"{v.metric.scenario} {v.metric.label} {_times(v.bare_vs_raw)} ("
+        + ("within" if _within(v) else "outside")
+        + " the target)"
+        for v in measured
+    )
+    return [
+        "",
+        f"The same ratios for {bare}, kourier serving bench.bare_app (the raw baselines' "
+        f"work per request, no framework: kourier's cost over a hand-written service; "
+        f"shown, not judged): {ratios}.",
+    ]
+
+
+def _within(verdict: Verdict) -> bool:
+    goal = verdict.metric.goal
+    return goal is not None and goal.met(verdict.bare_vs_raw, verdict.metric.higher_is_better)
 
 
 def _app_cost(results: Results) -> list[str]:

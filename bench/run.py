@@ -18,7 +18,7 @@ process of its own, the caller in this one) and runs, in order:
 
 The order of the targets rotates between repetitions so background load hits all alike;
 the report has the median of the repetitions. Every scenario is bounded (90 s), and the
-whole run too (``--budget``, 19 min). ``--quick`` is the same suite with tiny counts.
+whole run too (``--budget``, 25 min). ``--quick`` is the same suite with tiny counts.
 ``bench/report.py`` turns the rounds into the markdown report and marks the targets.
 """
 
@@ -70,8 +70,9 @@ class Target:
     module: str
     #: Keyword arguments for the module's ``open_bench`` and ``open_service``.
     options: dict[str, Any] = field(default_factory=dict)
-    #: "kourier", "raw" (a hand-written Kafka baseline), "raw_app" (one whose service
-    #: calls bench.app, kourier's app: not one of the "best raw") or "http".
+    #: "kourier", "kourier_bare" (kourier serving bench.bare_app), "raw" (a hand-written
+    #: Kafka baseline), "raw_app" (one whose service calls bench.app, kourier's app: not
+    #: one of the "best raw") or "http".
     kind: str = "raw"
     one_way: bool = True
     #: Fewer one-way messages than ``Config.one_way_n``, to stay within the scenario bound.
@@ -96,6 +97,14 @@ TARGETS: dict[str, Target] = {
     # second here (the httpx caller is the bottleneck), so 100,000 would not fit the 90 s
     # bound; 20,000 did not either with the machine's load average at 8.
     "http": Target("bench.baselines.http", kind="http", in_flight=True, one_way_max=10_000),
+    # kourier serving bench.bare_app: the same routes without a framework, doing the raw
+    # baselines' work per request, so against them it shows kourier's own cost.
+    "kourier_bare": Target(
+        "bench.targets.kourier",
+        {"caller": "native", "app": "bench.bare_app:app"},
+        "kourier_bare",
+        in_flight=False,
+    ),
     # variants, for --targets
     "kourier_confluent": Target(
         "bench.targets.kourier",
@@ -115,6 +124,7 @@ TARGETS: dict[str, Target] = {
 DEFAULT_TARGETS = [
     "kourier",
     "kourier_httpx",
+    "kourier_bare",
     "raw_aiokafka",
     "raw_confluent",
     "raw_aiokafka_app",
@@ -141,7 +151,7 @@ class Config:
     startups: int = 5
     #: Calls of bench.app in process, to measure what the app alone costs.
     app_calls: int = 10_000
-    budget_s: float = 1140.0
+    budget_s: float = 1500.0
     #: The Kafka client under kourier, for targets that do not fix one (None: env/default).
     kafka_client: str | None = None
 
@@ -169,7 +179,8 @@ class Config:
     def options(self, target: str) -> dict[str, Any]:
         spec = TARGETS[target]
         options = dict(spec.options)
-        if spec.kind == "kourier" and self.kafka_client and "kafka_client" not in options:
+        kourier = spec.kind in ("kourier", "kourier_bare")
+        if kourier and self.kafka_client and "kafka_client" not in options:
             options["kafka_client"] = self.kafka_client
         return options
 
@@ -269,7 +280,7 @@ async def run_in_flight(config: Config, rep: int, target: str) -> Round:
     round_ = Round(rep, target)
     # kourier's service takes --concurrency requests at once; uvicorn takes every
     # connection, and the HTTP caller opens as many as it has calls in flight.
-    size = "concurrency" if TARGETS[target].kind == "kourier" else "inflight"
+    size = "concurrency" if TARGETS[target].kind in ("kourier", "kourier_bare") else "inflight"
     async with _session(config, target, **{size: config.slow_n}) as bench:
         assert bench.service is not None
         pid = bench.service.pid
@@ -434,7 +445,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, argparse.Namespace]:
         choices=["aiokafka", "confluent"],
         help="the Kafka client under kourier (default: KOURIER_KAFKA_CLIENT, else kourier's)",
     )
-    parser.add_argument("--budget", type=float, help="whole run, seconds (default 1140)")
+    parser.add_argument("--budget", type=float, help="whole run, seconds (default 1500)")
     parser.add_argument("--kafka-version", help="default: asked from scripts/kafka status")
     parser.add_argument("--save", action="store_true", help="write bench/RESULTS.md")
     parser.add_argument("--out", type=Path, help="write the report to this file")

@@ -1,9 +1,10 @@
 """The benchmark suite (bench/run.py) in miniature, so that it cannot rot unnoticed.
 
-It runs every scenario against kourier (both callers) and every baseline (raw aiokafka,
-raw confluent-kafka, raw aiokafka calling bench.app, plain HTTP) with tiny counts, and
-checks that the numbers are sane (positive rates, latencies above zero), never that a
-target is met: that is what ``python -m bench.run`` on a quiet machine is for.
+It runs every scenario against kourier (both callers, and serving the bare app) and every
+baseline (raw aiokafka, raw confluent-kafka, raw aiokafka calling bench.app, plain HTTP)
+with tiny counts, and checks that the numbers are sane (positive rates, latencies above
+zero), never that a target is met: that is what ``python -m bench.run`` on a quiet machine
+is for.
 """
 
 from __future__ import annotations
@@ -39,6 +40,25 @@ async def test_the_app_answers_what_the_raw_baselines_emulate() -> None:
         items = await client.get("/items", params={"n": 3})
     assert echo.content == echo_reply(ECHO_BODY)
     assert items.content.splitlines() == [stream_item(i) for i in range(3)]
+
+
+async def test_the_bare_app_answers_as_bench_app_does() -> None:
+    """bench.bare_app (the kourier_bare target) gives the raw baselines' bytes too."""
+    from bench.bare_app import app
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+        echo = await client.post(
+            "/echo", content=ECHO_BODY, headers={"content-type": "application/json"}
+        )
+        items = await client.get("/items", params={"n": 3})
+        event = await client.post("/events", content=b"x" * 200)
+        missing = await client.get("/nowhere")
+    assert (echo.status_code, echo.content) == (200, echo_reply(ECHO_BODY))
+    assert items.headers["content-type"] == "application/x-ndjson"
+    assert items.content.splitlines() == [stream_item(i) for i in range(3)]
+    assert (event.status_code, event.content) == (202, b"")
+    assert missing.status_code == 404
 
 
 async def test_the_hand_written_asgi_call_gets_what_the_app_sends() -> None:
@@ -102,7 +122,9 @@ async def test_every_scenario_runs_end_to_end_with_sane_numbers() -> None:
     assert_in_flight_and_startup(config, results)
 
     text = report.render(config, results, ["- environment: smoke test"])
-    assert "| scenario | metric | kourier | kourier_httpx |" in text
+    assert "| scenario | metric | kourier | kourier_httpx | kourier_bare |" in text
+    assert "kourier, bare app ÷ best raw" in text
+    assert "The same ratios for kourier_bare" in text
     assert "Targets met:" in text
 
 

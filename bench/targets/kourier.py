@@ -80,10 +80,12 @@ def service_process(
     *,
     concurrency: int | None = None,
     health_port: int | None = None,
+    app: str = APP,
 ) -> ServiceProcess:
-    """``kourier run bench.app:app --service bench`` with these settings, not started yet."""
+    """``kourier run bench.app:app --service bench`` (or ``app``) with these settings, not
+    started yet."""
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("KOURIER_")}
-    argv = [sys.executable, "-m", "kourier", "run", APP, "--service", SERVICE]
+    argv = [sys.executable, "-m", "kourier", "run", app, "--service", SERVICE]
     if concurrency is not None:
         argv += ["--concurrency", str(concurrency)]
     ready_url = None
@@ -218,16 +220,21 @@ class KourierBench(Bench):
 
 @contextlib.asynccontextmanager
 async def open_service(
-    bootstrap: str, *, kafka_client: str | None = None, health: bool = True, **_: Any
+    bootstrap: str,
+    *,
+    kafka_client: str | None = None,
+    health: bool = True,
+    app: str = APP,
+    **_: Any,
 ) -> AsyncIterator[Callable[[], ServiceProcess]]:
     """Existing topics and a maker of ``kourier run`` processes on them (to time start-up).
 
     With ``health`` each process serves ``/readyz`` on a free port, polled once it logged
-    that it is ready (``ServiceProcess.url_ready_at``). Other options (``caller``) are
-    ignored.
+    that it is ready (``ServiceProcess.url_ready_at``). ``app``: what ``kourier run``
+    serves. Other options (``caller``) are ignored.
     """
     async with session_settings(bootstrap, kafka_client) as env:
-        yield lambda: service_process(env, health_port=free_port() if health else None)
+        yield lambda: service_process(env, health_port=free_port() if health else None, app=app)
 
 
 @contextlib.asynccontextmanager
@@ -237,6 +244,7 @@ async def open_bench(
     caller: str = "native",
     kafka_client: str | None = None,
     concurrency: int | None = None,
+    app: str = APP,
     **_: Any,
 ) -> AsyncIterator[KourierBench]:
     """A ``kourier run`` service on fresh topics and a started caller in this process.
@@ -244,19 +252,21 @@ async def open_bench(
     ``caller``: ``"native"`` (``kourier.Client``) or ``"httpx"`` (``httpx.AsyncClient``
     over ``KourierTransport``). ``kafka_client``: ``"aiokafka"`` or ``"confluent"``
     (default: ``KOURIER_KAFKA_CLIENT``, else kourier's). ``concurrency``: the service's
-    ``--concurrency`` (default: kourier's). Other options (``inflight``) are ignored.
+    ``--concurrency`` (default: kourier's). ``app``: what ``kourier run`` serves
+    (``bench.app:app``; ``bench.bare_app:app`` has the same routes without a framework).
+    Other options (``inflight``) are ignored.
     """
     if caller not in ("native", "httpx"):
         raise ValueError(f"caller must be 'native' or 'httpx', not {caller!r}")
     async with session_settings(bootstrap, kafka_client) as env:
-        service = service_process(env, concurrency=concurrency)
+        service = service_process(env, concurrency=concurrency, app=app)
         client = Client(Settings.from_env(env))
         try:
             async with asyncio.TaskGroup() as starting:
                 starting.create_task(service.start())
                 starting.create_task(client.start())
             if caller == "native":
-                yield KourierBench("kourier", client, service)
+                yield KourierBench("kourier" if app == APP else "kourier_bare", client, service)
                 return
             async with httpx.AsyncClient(
                 transport=KourierTransport(client),
