@@ -1,6 +1,6 @@
 """Where kourier's time goes: py-spy on the service and the caller during one scenario.
 
-    python -m bench.profile one-way|concurrent|sequential [--seconds 15] [--out DIR]
+    python -m bench.profile one-way|concurrent|sequential [--seconds 15] [--out DIR] [--app A]
 
 Starts a kourier session like ``bench.run`` does (``bench.targets.kourier``), warms it
 up, then samples both processes with py-spy (200 Hz, raw collapsed stacks, idle time
@@ -63,7 +63,7 @@ TRANSPARENT = (
     "opentelemetry/",
     "_decorator.py",
 )
-APP = ("fastapi/", "starlette/", "pydantic", "annotated_doc", "bench/app.py")
+APP = ("fastapi/", "starlette/", "pydantic", "annotated_doc", "bench/app.py", "bench/bare_app.py")
 HTTPX = ("httpx/", "httpcore/", "h11/", "anyio/")
 EVENT_LOOP = "event loop alone (asyncio scheduling, selectors)"
 
@@ -124,10 +124,16 @@ def _record(py_spy: str, pid: int, out: Path, seconds: float) -> subprocess.Pope
 
 
 async def profile(
-    bootstrap: str, scenario: str, seconds: float, py_spy: str, service_out: Path, caller_out: Path
+    bootstrap: str,
+    scenario: str,
+    seconds: float,
+    py_spy: str,
+    service_out: Path,
+    caller_out: Path,
+    app: str = kourier.APP,
 ) -> str:
     """Run ``scenario`` against a fresh kourier session under py-spy; what it measured."""
-    async with kourier.open_bench(bootstrap) as bench:
+    async with kourier.open_bench(bootstrap, app=app) as bench:
         await bench.sequential(300, 100)
         spies = [
             _record(py_spy, bench.service.pid, service_out, seconds),
@@ -153,13 +159,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
     parser.add_argument("--seconds", type=float, default=15.0, help="sampled, per process")
     parser.add_argument("--out", type=Path, default=Path("/tmp/kourier-profile"))
+    parser.add_argument(
+        "--app", default=kourier.APP, help="what kourier serves (bench.bare_app:app: no framework)"
+    )
     args = parser.parse_args(argv)
     py_spy = _py_spy()
     args.out.mkdir(parents=True, exist_ok=True)
     service_out = args.out / f"{args.scenario}-service.txt"
     caller_out = args.out / f"{args.scenario}-caller.txt"
     result = asyncio.run(
-        profile(args.bootstrap, args.scenario, args.seconds, py_spy, service_out, caller_out)
+        profile(
+            args.bootstrap, args.scenario, args.seconds, py_spy, service_out, caller_out, args.app
+        )
     )
     print(f"kourier {args.scenario}: {result}; load average {os.getloadavg()[0]:.2f}")
     print(report(service_out, "service (kourier run)", args.seconds))
