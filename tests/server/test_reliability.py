@@ -162,6 +162,19 @@ async def test_the_memory_store_gives_back_what_it_recorded() -> None:
     assert await store.get("id:a1") == Recorded(items, 5)
 
 
+async def test_a_response_the_memory_store_cannot_keep_is_skipped_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A reply item holding something other than str, bytes, numbers or None (a hook
+    could put one there) is not recorded, and says so; the request is not failed."""
+    store = MemoryIdempotencyStore()
+    odd = Reply("b1", 0, b"x", True, 200, [(b"x-odd", object())])  # type: ignore[list-item]
+    with caplog.at_level(logging.WARNING, logger="kourier.server"):
+        await store.put("id:b1", Recorded((odd,), 1), ttl=60)
+    assert await store.get("id:b1") is None
+    assert "the response to id:b1 is not recorded" in caplog.text
+
+
 async def test_a_full_memory_store_leaves_the_garbage_collector_nothing_to_scan() -> None:
     """Recorded responses do not stay objects the collector tracks: a service keeps
     thousands of them, and tracked ones made every full collection slower and, by

@@ -14,6 +14,7 @@ a crash or a rebalance), nor a restart. A shared store (e.g. Redis) implements
 from __future__ import annotations
 
 import asyncio
+import logging
 import marshal
 import time
 from collections import OrderedDict
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from kourier.protocol import Reply, Request
+
+logger = logging.getLogger("kourier.server")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +87,11 @@ class MemoryIdempotencyStore:
             return
         if key in self._entries:
             self._drop(key)
-        items = marshal.dumps(
-            [
-                (r.request_id, r.seq, r.body, r.end, r.status, r.headers, r.error_id, r.responder)
-                for r in recorded.items
-            ]
-        )
+        try:
+            items = marshal.dumps([_fields(r) for r in recorded.items])
+        except ValueError as exc:  # a field of a type marshal does not know
+            logger.warning("the response to %s is not recorded: %s", key, exc)
+            return
         self._entries[key] = (time.monotonic() + ttl, recorded.size, items)
         self._bytes += recorded.size
         while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
@@ -98,6 +100,10 @@ class MemoryIdempotencyStore:
     def _drop(self, key: str) -> None:
         _, size, _ = self._entries.pop(key)
         self._bytes -= size
+
+
+def _fields(r: Reply) -> tuple[object, ...]:
+    return (r.request_id, r.seq, r.body, r.end, r.status, r.headers, r.error_id, r.responder)
 
 
 def identity(request: Request) -> str:
