@@ -9,6 +9,7 @@ is for.
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import httpx
@@ -28,24 +29,11 @@ from bench.run import DEFAULT_TARGETS, TARGETS, Config, Results, run_all
 from tests.conftest import kafka_bootstrap
 
 
-async def test_the_app_answers_what_the_raw_baselines_emulate() -> None:
-    """bench.app's echo is byte for byte the raw baselines' reply, its items their records."""
-    from bench.app import app
-
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
-        echo = await client.post(
-            "/echo", content=ECHO_BODY, headers={"content-type": "application/json"}
-        )
-        items = await client.get("/items", params={"n": 3})
-    assert echo.content == echo_reply(ECHO_BODY)
-    assert items.content.splitlines() == [stream_item(i) for i in range(3)]
-
-
-async def test_the_bare_app_answers_as_bench_app_does() -> None:
-    """bench.bare_app (the kourier_bare target) gives the raw baselines' bytes too."""
-    from bench.bare_app import app
-
+@pytest.mark.parametrize("module", ["bench.app", "bench.bare_app"])
+async def test_the_apps_answer_what_the_raw_baselines_emulate(module: str) -> None:
+    """bench.app and bench.bare_app (the kourier_bare target) give the raw baselines'
+    bytes: the echo's reply, one of their records per item, 202 for an event."""
+    app = importlib.import_module(module).app
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
         echo = await client.post(
