@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import MutableMapping
+from typing import Any
 
 import pytest
 
 from kourier import protocol
 from kourier.server.serve import H_DEAD_REASON, H_DEAD_SOURCE, Service
-from kourier.transports.memory import MemoryTransport
+from kourier.transports.base import TopicSpec
+from kourier.transports.memory import MemoryBroker, MemoryTransport
 from tests import apps
 from tests.server.conftest import REPLY_TO, SETTINGS, Wire, eventually
 
@@ -248,3 +251,48 @@ async def test_serve_moves_what_exists_at_start_out_of_the_collectors_way() -> N
     finally:
         gc.unfreeze()
     assert frozen_at_ready and frozen_at_ready[0] > 1000
+
+
+async def test_a_streams_first_item_is_acknowledged_before_the_app_writes_more() -> None:
+    """An app that writes its items without awaiting anything still gets its status and
+    first item out first: the service hands the loop back to it only once the broker has
+    item 0, so the caller does not wait for the app's next pause to see the stream begin."""
+    from tests.scripted import ScriptedTransport
+
+    events: list[str] = []
+
+    def script(topic: str, value: bytes) -> asyncio.Future[None] | None:
+        if topic != SETTINGS.reply_topic:
+            return None
+        loop = asyncio.get_running_loop()
+        events.append(f"published {value!r}")
+        ack: asyncio.Future[None] = loop.create_future()
+
+        def acknowledge() -> None:
+            events.append(f"acked {value!r}")
+            ack.set_result(None)
+
+        loop.call_later(0.02, acknowledge)
+        return ack
+
+    async def app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for i in range(3):
+            await send({"type": "http.response.body", "body": b"%d\n" % i, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    broker = MemoryBroker()
+    transport = MemoryTransport(broker)
+    await transport.ensure_topics([TopicSpec(SETTINGS.reply_topic, 1)])
+    reader = transport.partition_reader(SETTINGS.reply_topic, 0)
+    await reader.start()
+    service = Service(app, "orders", SETTINGS, transport=ScriptedTransport(broker, script))
+    async with service:
+        w = Wire(transport, reader)
+        request = await w.call("GET", "/items")
+        replies = await w.replies(request.id)
+    assert [r.body for r in replies] == [b"0\n", b"1\n", b"2\n", b""]
+    assert events.index("acked b'0\\n'") < events.index("published b'1\\n'")

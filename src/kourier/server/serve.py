@@ -419,9 +419,10 @@ class _ReplySink:
     longer reply (a long stream) is not recorded, so a repeat runs the handler again
     rather than the service holding the stream in memory. Acknowledgements are awaited
     at the end, and those already settled are dropped on the way, so an endless stream
-    holds a bounded list. A streamed reply gives the producer the loop after its first
-    item and then every ``STREAM_FLUSH_INTERVAL``: an app that writes items without
-    awaiting anything would otherwise hold them all until a batch fills.
+    holds a bounded list. A streamed reply waits until the broker has its first item
+    (status and headers), then gives the producer the loop every
+    ``STREAM_FLUSH_INTERVAL``: an app that writes items without awaiting anything would
+    otherwise hold them all until a batch fills.
     """
 
     def __init__(self, service: Service, reply_to: ReplyAddress | None) -> None:
@@ -451,7 +452,7 @@ class _ReplySink:
         if self._reply_to is None:
             return
         try:
-            ack = await self._service._publish_reply(self._reply_to, reply)
+            ack = asyncio.ensure_future(await self._service._publish_reply(self._reply_to, reply))
         except KourierError as exc:
             # Not even queued (no broker could be asked about the reply topic, or no room
             # in the producer): the same as a reply the broker did not acknowledge. The
@@ -462,11 +463,20 @@ class _ReplySink:
         self.acks.append(ack)
         if len(self.acks) >= _ACKS_PRUNE_AT:
             self.acks = _pending(self.acks)
-        if not reply.end:
-            now = time.monotonic()
-            if reply.seq == 0 or now - self._yielded_at >= STREAM_FLUSH_INTERVAL:
-                self._yielded_at = now
-                await asyncio.sleep(0)
+        if reply.end:
+            return
+        if reply.seq == 0:
+            # The status and first item of a stream go out before the app makes more: a
+            # single yield does not get them sent (aiokafka's sender needs a few turns of
+            # the loop), and an app that writes without awaiting would hold them back
+            # until its next pause. One round trip, once per stream.
+            await asyncio.wait([ack])
+            self._yielded_at = time.monotonic()
+            return
+        now = time.monotonic()
+        if now - self._yielded_at >= STREAM_FLUSH_INTERVAL:
+            self._yielded_at = now
+            await asyncio.sleep(0)
 
     async def settled(self) -> None:
         await _all(self.acks)
