@@ -9,9 +9,14 @@ members, and only committed offsets survive a member leaving.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+from kourier.errors import BrokerError
 
 TopicPartition = tuple[str, int]
 RebalanceCallback = Callable[[set[TopicPartition]], Awaitable[None]]
@@ -164,3 +169,27 @@ class Transport(ABC):
     @abstractmethod
     async def ping(self, timeout: float) -> bool:
         """True if the broker answered a metadata request within ``timeout`` seconds."""
+
+
+T = TypeVar("T")
+
+
+async def require_topics(
+    metadata: Callable[[list[str]], Awaitable[dict[str, T]]], topics: Iterable[str], wait: float
+) -> dict[str, T]:
+    """``metadata(names)`` for ``topics``, all of which must exist; ``BrokerError`` if not.
+
+    Metadata requests go to any broker, and in a cluster a topic created a moment ago
+    (by this process or another) may not have reached that broker's metadata yet: a
+    missing topic is looked for again, every 0.1 s, for ``wait`` seconds.
+    """
+    names = list(topics)
+    deadline = time.monotonic() + wait
+    while True:
+        found = await metadata(names)
+        missing = [name for name in names if name not in found]
+        if not missing:
+            return found
+        if time.monotonic() >= deadline:
+            raise BrokerError(f"topic {missing[0]!r} does not exist")
+        await asyncio.sleep(0.1)

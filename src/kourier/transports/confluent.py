@@ -81,6 +81,7 @@ from kourier.transports.base import (
     TopicPartition,
     TopicSpec,
     Transport,
+    require_topics,
 )
 
 log = logging.getLogger(__name__)
@@ -404,16 +405,7 @@ class ConfluentTransport(Transport):
         A topic just created may be unknown to the broker asked for a moment (its metadata
         has not reached every broker yet): ask again for up to UNKNOWN_TOPIC_WAIT.
         """
-        names = list(topics)
-        deadline = time.monotonic() + UNKNOWN_TOPIC_WAIT
-        while True:
-            found = await self._metadata(names)
-            missing = [name for name in names if name not in found]
-            if not missing:
-                return found
-            if time.monotonic() >= deadline:
-                raise BrokerError(f"topic {missing[0]!r} does not exist")
-            await asyncio.sleep(0.1)
+        return await require_topics(self._metadata, topics, UNKNOWN_TOPIC_WAIT)
 
     async def _metadata(self, names: Sequence[str]) -> dict[str, list[int]]:
         """The leader's id (-1 for none) of each partition of those topics that exist."""

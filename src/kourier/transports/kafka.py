@@ -64,6 +64,7 @@ from kourier.transports.base import (
     TopicPartition,
     TopicSpec,
     Transport,
+    require_topics,
 )
 
 log = logging.getLogger(__name__)
@@ -290,16 +291,7 @@ class KafkaTransport(Transport):
         ago (by this process or another) may not have reached that broker's metadata
         yet: a missing topic is looked for again for ``UNKNOWN_TOPIC_WAIT`` seconds.
         """
-        names = list(topics)
-        deadline = time.monotonic() + UNKNOWN_TOPIC_WAIT
-        while True:
-            found = await self._metadata(names)
-            missing = [name for name in names if name not in found]
-            if not missing:
-                return found
-            if time.monotonic() >= deadline:
-                raise BrokerError(f"topic {missing[0]!r} does not exist")
-            await asyncio.sleep(0.1)
+        return await require_topics(self._metadata, topics, UNKNOWN_TOPIC_WAIT)
 
     async def _metadata(self, topics: Sequence[str]) -> dict[str, dict[int, int]]:
         """The partitions (and their leaders' ids, -1 for none) of those topics that exist."""
