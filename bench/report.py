@@ -297,6 +297,7 @@ def render(config: Config, results: Results, env: Sequence[str]) -> str:
         summary,
         *_same_app_summary(raw_app, verdicts),
         *_bare_summary(bare_target(config), verdicts),
+        *_ceilings(config, results),
         "",
         f"Medians of {config.reps} repetitions (start-up: of {config.startups} launches); the "
         "order of the targets rotates between repetitions. Every repetition starts a fresh "
@@ -362,6 +363,77 @@ def _bare_summary(bare: str | None, verdicts: Sequence[Verdict]) -> list[str]:
 def _within(verdict: Verdict) -> bool:
     goal = verdict.metric.goal
     return goal is not None and goal.met(verdict.bare_vs_raw, verdict.metric.higher_is_better)
+
+
+@dataclass(frozen=True, slots=True)
+class Ceiling:
+    """A rate goal, and what bounds it for any service that runs bench.app."""
+
+    rate: str  # the judged metric, a rate
+    app_call: str  # the bench.app call the scenario makes (a key of ``Results.app_us``)
+    service_cpu: str  # the scenario's service CPU per call (a metric key)
+
+
+CEILINGS = [
+    Ceiling("conc_rps", "POST /echo", "conc_service_cpu_us"),
+    Ceiling("one_way_mps", "POST /events", "one_way_service_cpu_us"),
+]
+#: The hand-written baseline on each Kafka client kourier can run on.
+RAW_ON = {"aiokafka": "raw_aiokafka", "confluent": "raw_confluent"}
+
+
+def kafka_client_of(config: Config) -> str:
+    """The Kafka client under the kourier target of this run."""
+    return config.kafka_client or os.environ.get("KOURIER_KAFKA_CLIENT") or Settings().kafka_client
+
+
+def _ceilings(config: Config, results: Results) -> list[str]:
+    """The best ratio to the best raw any one-process service running bench.app can reach.
+
+    The service's Python code runs on one core at a time (the GIL), and per call it runs
+    bench.app (``Results.app_us``, measured in this run). On aiokafka, a pure-Python
+    client, it also does at least what raw_aiokafka's whole service does per call
+    (consume, and produce the reply) on that core. On confluent-kafka only the app counts:
+    librdkafka's own threads run beside the GIL. So one core over that CPU per call bounds
+    the rate of kourier, and of any other ASGI runtime, serving bench.app; a goal above the
+    bound is out of reach whatever kourier does, and the report says so.
+    """
+    if not results.app_us:
+        return []
+    table = medians(config, results)
+    client = kafka_client_of(config)
+    raw = RAW_ON.get(client)
+    parts = []
+    for ceiling in CEILINGS:
+        metric = next(m for m in METRICS if m.key == ceiling.rate)
+        app_us = results.app_us.get(ceiling.app_call)
+        best = best_raw(metric, config, table)
+        if app_us is None or best is None or metric.goal is None:
+            continue
+        floor_us, why = app_us, f"{ceiling.app_call} {app_us:.0f} µs"
+        if client == "aiokafka" and raw in config.targets:
+            client_us = table[(ceiling.service_cpu, raw)]
+            if not math.isnan(client_us):
+                floor_us += client_us
+                why += f" + {raw}'s whole service {client_us:.0f} µs"
+        bound = 1e6 / floor_us
+        ratio = bound / best[1]
+        verdict = "within reach" if metric.goal.met(ratio, True) else "out of reach"
+        parts.append(
+            f"{metric.scenario} {metric.label}: {why} → at most {bound:,.0f}/s, "
+            f"{_times(ratio)} of the best raw ({best[0]}); the target ({metric.goal.text}) "
+            f"is {verdict}"
+        )
+    if not parts:
+        return []
+    return [
+        "",
+        "Ceilings, from this run's own figures (shown, not judged). Per call, a service "
+        f"serving bench.app runs the app and, on {client}, at least what the raw service on "
+        f"that client does, all of it Python on one core (the GIL); with one partition, one "
+        f"process serves a scenario. So no such service, kourier or another, passes: "
+        f"{'; '.join(parts)}.",
+    ]
 
 
 def _app_cost(results: Results) -> list[str]:
