@@ -14,7 +14,7 @@ import math
 
 import httpx
 import pytest
-from bench import report
+from bench import layers, report
 from bench.common import (
     ECHO_BODY,
     JSON_CONTENT,
@@ -162,7 +162,12 @@ def test_the_report_sets_kourier_beside_the_raw_baseline_with_the_same_app() -> 
     assert "seq p50 latency (ms) 4.00x." in text
 
 
-def bounds_of(config: Config, app_us: dict[str, float]) -> str:
+BOUNDED = ["kourier", "raw_aiokafka", "raw_confluent", "raw_aiokafka_app"]
+
+
+def bounds_of(client: str | None, app_us: dict[str, float], targets: list[str] = BOUNDED) -> str:
+    """The report's "Bounds" line for a run on ``client`` with made-up figures."""
+    config = Config("127.0.0.1:9092", targets=targets, reps=1, kafka_client=client)
     figures = {
         "kourier": {"conc_rps": 4000.0, "one_way_mps": 8000.0, "seq_p50_ms": 1.8},
         "raw_aiokafka": {
@@ -182,11 +187,9 @@ def bounds_of(config: Config, app_us: dict[str, float]) -> str:
     return next((line for line in text.splitlines() if line.startswith("Bounds")), "")
 
 
-def test_the_report_bounds_the_rate_of_any_service_running_the_app() -> None:
-    """On aiokafka the bound is one core over the app's CPU plus the raw service's."""
-    targets = ["kourier", "raw_aiokafka", "raw_confluent", "raw_aiokafka_app"]
-    config = Config("127.0.0.1:9092", targets=targets, reps=1, kafka_client="aiokafka")
-    line = bounds_of(config, {"POST /echo": 60.0, "POST /events": 90.0})
+def test_the_report_bounds_the_goals_for_any_service_running_the_app_on_aiokafka() -> None:
+    """Rates: one core over the app's CPU plus the raw service's; latency: raw aiokafka's."""
+    line = bounds_of("aiokafka", {"POST /echo": 60.0, "POST /events": 90.0})
     # 1e6 / (60 + 40) = 10,000/s against raw_aiokafka's 10,000: within 0.9x.
     assert (
         "conc throughput (req/s): POST /echo 60 µs + raw_aiokafka's whole service 40 µs → at "
@@ -199,12 +202,6 @@ def test_the_report_bounds_the_rate_of_any_service_running_the_app() -> None:
         "→ at most about 10,000/s, 0.05x of raw_confluent (raw_aiokafka_app: 9,000/s); the "
         "target (>= 0.9x raw) is out of reach"
     ) in line
-
-
-def test_the_report_sets_the_latency_goals_against_the_client_kourier_runs_on() -> None:
-    targets = ["kourier", "raw_aiokafka", "raw_confluent"]
-    config = Config("127.0.0.1:9092", targets=targets, reps=1, kafka_client="aiokafka")
-    line = bounds_of(config, {"POST /echo": 60.0, "POST /events": 90.0})
     assert (
         "seq p50 latency (ms): raw_aiokafka itself 2.00, 2.00x of raw_confluent, outside the "
         "target (<= 1.15x raw), and kourier 0.90x of raw_aiokafka"
@@ -213,15 +210,24 @@ def test_the_report_sets_the_latency_goals_against_the_client_kourier_runs_on() 
 
 def test_the_bound_on_confluent_counts_only_the_app() -> None:
     """librdkafka's threads run beside the GIL: only the app's CPU bounds the rate."""
-    targets = ["kourier", "raw_aiokafka", "raw_confluent"]
-    config = Config("127.0.0.1:9092", targets=targets, reps=1, kafka_client="confluent")
-    line = bounds_of(config, {"POST /echo": 80.0, "POST /events": 90.0})
-    assert "POST /echo 80 µs → at most about 12,500/s, 1.25x of raw_aiokafka;" in line
+    line = bounds_of("confluent", {"POST /echo": 80.0, "POST /events": 90.0})
+    assert "POST /echo 80 µs → at most about 12,500/s, 1.25x of raw_aiokafka (" in line
     assert "whole service" not in line
     # the latency is set against raw_confluent, the client kourier runs on
     assert "seq p50 latency (ms): raw_confluent itself 1.00, 1.00x of raw_confluent, within" in line
 
 
-def test_no_bounds_without_the_apps_cost() -> None:
-    config = Config("127.0.0.1:9092", targets=["kourier", "raw_aiokafka"], reps=1)
-    assert bounds_of(config, {}) == ""
+def test_no_bounds_without_the_apps_cost_or_a_raw_baseline() -> None:
+    assert bounds_of("aiokafka", {}) == ""
+    assert bounds_of("aiokafka", {"POST /echo": 80.0}, targets=["kourier", "http"]) == ""
+
+
+@pytest.mark.parametrize("app", ["bench", "bare"])
+async def test_the_layers_tool_times_every_layer_of_the_service(app: str) -> None:
+    """``bench.layers`` runs each layer on fresh records; the whole path costs more than
+    the app alone, and the consume loop finishes every record (it raises otherwise)."""
+    rows = await layers.measure(app, two_way=True, n=300, reps=1)
+    assert [label for label, _ in rows][: len(layers.LAYERS)] == list(layers.LAYERS)
+    values = dict(rows)
+    assert all(us > 0 for us in values.values()), values
+    assert values[layers.LAYERS[-1]] > values[layers.LAYERS[0]], values
