@@ -442,11 +442,11 @@ def _ceilings(config: Config, results: Results) -> list[str]:
                 continue
             ratio = theirs / best[1]
             within = "within" if goal.met(ratio, False) else "outside"
-            parts.append(
-                f"{name}: {raw} itself {theirs:.2f}, {_times(ratio)} of {best[0]}, {within} "
-                f"the target ({goal.text}), and kourier {_times(_ratio(mine, theirs))} of "
-                f"{raw}"
-            )
+            text = f"{name}: {raw} itself {theirs:.2f}, {_times(ratio)} of {best[0]}, {within} "
+            text += f"the target ({goal.text})"
+            if not math.isnan(mine):
+                text += f", and kourier {_times(_ratio(mine, theirs))} of {raw}"
+            parts.append(text)
     if not parts:
         return []
     return [

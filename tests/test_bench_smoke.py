@@ -217,6 +217,23 @@ def test_the_bound_on_confluent_counts_only_the_app() -> None:
     assert "seq p50 latency (ms): raw_confluent itself 1.00, 1.00x of raw_confluent, within" in line
 
 
+def test_the_latency_bound_stands_without_a_kourier_figure() -> None:
+    """A kourier round that measured no latency still gets the client's own round trip."""
+    config = Config("127.0.0.1:9092", targets=BOUNDED, reps=1, kafka_client="aiokafka")
+    rounds = [
+        Round(0, "kourier", {"conc_rps": 4000.0}),
+        Round(0, "raw_aiokafka", {"seq_p50_ms": 2.0, "conc_rps": 10_000.0}),
+        Round(0, "raw_confluent", {"seq_p50_ms": 1.0}),
+    ]
+    text = report.render(config, Results(rounds=rounds, app_us={"POST /echo": 60.0}), [])
+    line = next(line for line in text.splitlines() if line.startswith("Bounds"))
+    assert (
+        "seq p50 latency (ms): raw_aiokafka itself 2.00, 2.00x of raw_confluent, outside the "
+        "target (<= 1.15x raw); "
+    ) in line
+    assert "kourier nan" not in line and "nanx" not in line
+
+
 def test_no_bounds_without_the_apps_cost_or_a_raw_baseline() -> None:
     assert bounds_of("aiokafka", {}) == ""
     assert bounds_of("aiokafka", {"POST /echo": 80.0}, targets=["kourier", "http"]) == ""
