@@ -248,3 +248,20 @@ async def test_the_layers_tool_times_every_layer_of_the_service(app: str) -> Non
     values = dict(rows)
     assert all(us > 0 for us in values.values()), values
     assert values[layers.LAYERS[-1]] > values[layers.LAYERS[0]], values
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        (["--records", "0"], "must be at least 1, not 0"),
+        (["--reps", "-1"], "must be at least 1, not -1"),
+        (["--records", "many"], "not a whole number: 'many'"),
+    ],
+)
+def test_the_layers_tool_refuses_counts_it_cannot_time(
+    args: list[str], why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        layers.main(args)
+    assert exit_.value.code == 2
+    assert why in capsys.readouterr().err
