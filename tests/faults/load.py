@@ -19,13 +19,51 @@ Outcomes: two-way ``ok``, ``wrong`` (an answer that is not the call's), ``timeou
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
+import os
 import sys
+import threading
 import time
 from typing import Any
 
 from kourier import Client, KourierError, Retry
 from kourier.errors import PublishError, ReplyTimeout
+
+#: Seconds past the load's own bound (its pacing plus one call's timeout) after which the
+#: process calls itself stuck: it writes what every thread and task is doing to stderr
+#: and exits 3, so a hang shows in the test's failure instead of its timeout.
+STUCK_AFTER = 45.0
+#: Tasks whose stacks a stuck process writes (the rest are counted).
+STUCK_TASKS_SHOWN = 20
+
+
+def watchdog(loop: asyncio.AbstractEventLoop, seconds: float) -> threading.Timer:
+    """A timer that reports the process stuck after ``seconds`` unless cancelled."""
+
+    def stuck() -> None:
+        print(f"stuck: not done {seconds:.0f} s after ready", file=sys.stderr, flush=True)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        shown = threading.Event()
+
+        def tasks() -> None:  # on the loop: all_tasks is not thread-safe
+            try:
+                pending = list(asyncio.all_tasks(loop))
+                print(f"{len(pending)} tasks pending", file=sys.stderr)
+                for task in pending[:STUCK_TASKS_SHOWN]:
+                    task.print_stack(limit=12, file=sys.stderr)
+            finally:
+                shown.set()
+
+        loop.call_soon_threadsafe(tasks)
+        shown.wait(5)  # a loop blocked in a call shows in the thread dump above
+        sys.stderr.flush()
+        os._exit(3)
+
+    timer = threading.Timer(seconds, stuck)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 async def main(options: dict[str, Any]) -> dict[str, Any]:
@@ -42,6 +80,7 @@ async def main(options: dict[str, Any]) -> dict[str, Any]:
     client = Client(retry=retry)
     await client.start()
     print("ready", file=sys.stderr, flush=True)
+    stuck = watchdog(asyncio.get_running_loop(), seconds + timeout + STUCK_AFTER)
     started_at = time.time()
     t0 = time.monotonic()
 
@@ -97,6 +136,7 @@ async def main(options: dict[str, Any]) -> dict[str, Any]:
         await client.stop()
     except BaseException as exc:  # reported, not raised: the calls' outcomes come first
         stop_error = repr(exc)
+    stuck.cancel()
     return {
         "name": name,
         "started_at": started_at,
