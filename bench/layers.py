@@ -30,6 +30,7 @@ from typing import Any, cast
 
 from bench.common import ECHO_BODY, JSON_CONTENT, call_asgi
 from kourier import Settings, protocol
+from kourier.cli import positive_int
 from kourier.protocol import Reply, ReplyAddress, Request
 from kourier.server.asgi import build_scope, run_app
 from kourier.server.consumer import RequestConsumer
@@ -241,22 +242,12 @@ async def measure(app_name: str, two_way: bool, n: int, reps: int) -> list[tuple
     return rows
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--app", choices=("bench", "bare"), default="bench")
     parser.add_argument("--two-way", action="store_true")
-    parser.add_argument("--records", type=_positive, default=20_000, help="per layer and pass")
-    parser.add_argument("--reps", type=_positive, default=3, help="timed passes (median)")
+    parser.add_argument("--records", type=positive_int, default=20_000, help="per layer and pass")
+    parser.add_argument("--reps", type=positive_int, default=3, help="timed passes (median)")
     args = parser.parse_args(argv)
     rows = asyncio.run(measure(args.app, args.two_way, args.records, args.reps))
     kind = "two-way POST /echo" if args.two_way else "one-way POST /events"

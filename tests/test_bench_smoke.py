@@ -253,9 +253,9 @@ async def test_the_layers_tool_times_every_layer_of_the_service(app: str) -> Non
 @pytest.mark.parametrize(
     ("args", "why"),
     [
-        (["--records", "0"], "must be at least 1, not 0"),
-        (["--reps", "-1"], "must be at least 1, not -1"),
-        (["--records", "many"], "not a whole number: 'many'"),
+        (["--records", "0"], "must be at least 1, got 0"),
+        (["--reps", "-1"], "must be at least 1, got -1"),
+        (["--records", "many"], "'many' is not a whole number"),
     ],
 )
 def test_the_layers_tool_refuses_counts_it_cannot_time(

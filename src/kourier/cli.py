@@ -139,7 +139,8 @@ def _hook_specs(args: argparse.Namespace) -> list[str]:
     return [spec.strip() for spec in os.environ.get("KOURIER_HOOKS", "").split(",") if spec.strip()]
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
     try:
         value = int(text)
     except ValueError:
@@ -465,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--concurrency", type=int, help="requests handled at once per instance")
     run.add_argument(
         "--workers",
-        type=_positive,
+        type=positive_int,
         default=1,
         metavar="N",
         help="run N processes of the service (each a member of its consumer group)",
