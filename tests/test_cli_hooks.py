@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from kourier import cli
-from kourier.cli import CLIError, build_parser, load_hooks
+from kourier.cli import EXIT_USAGE, CLIError, build_parser, load_hooks
+from kourier.cli import run as cli
 from kourier.server.hooks import HOOK_NAMES, Hooks
 
 
@@ -79,7 +79,7 @@ def test_a_bad_spec_is_one_line_and_exit_2(
         module.hooks = attribute
     with pytest.raises(CLIError) as raised:
         load_hooks([spec])
-    assert raised.value.code == cli.EXIT_USAGE == 2
+    assert raised.value.code == EXIT_USAGE == 2
     assert message in str(raised.value)
     assert str(raised.value).startswith(f"--hooks {spec!r}")
     assert "\n" not in str(raised.value)

@@ -16,6 +16,8 @@ from kourier.errors import (
     PublishError,
     ReplyTimeout,
     RequestTooLarge,
+    ServiceNotFound,
+    ServiceUnavailable,
     SettingsError,
     StreamBroken,
 )
@@ -39,6 +41,8 @@ __all__ = [
     "Response",
     "Retry",
     "Service",
+    "ServiceNotFound",
+    "ServiceUnavailable",
     "Settings",
     "SettingsError",
     "StreamBroken",

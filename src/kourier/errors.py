@@ -6,6 +6,8 @@
     ├── RequestTooLarge        a request body does not fit in one record
     ├── BrokerError            the broker could not be reached or refused an operation
     │   └── PublishError       a record was not acknowledged by the broker
+    ├── ServiceNotFound        no such service: nothing serves its request topic
+    ├── ServiceUnavailable     the service exists but no instance of it is live
     ├── ReplyTimeout           no reply (or no next streamed item) before the deadline
     │                          (also a TimeoutError)
     └── StreamBroken           a streamed reply lost an item or ended without its end marker
@@ -39,6 +41,14 @@ class BrokerError(KourierError):
 
 class PublishError(BrokerError):
     """The broker did not acknowledge a record."""
+
+
+class ServiceNotFound(KourierError, LookupError):
+    """No service of that name exists (its request topic does not); names close ones."""
+
+
+class ServiceUnavailable(KourierError):
+    """The service exists, but no instance of it is live to answer a two-way call."""
 
 
 class ReplyTimeout(KourierError, TimeoutError):

@@ -1,0 +1,234 @@
+"""``kourier run``: serve an ASGI app over Kafka, one process or several workers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from kourier.cli.common import (
+    EXIT_USAGE,
+    CLIError,
+    import_attr,
+    port_number,
+    positive_int,
+    settings_from,
+)
+from kourier.server.hooks import HOOK_NAMES, Hooks
+
+
+def load_app(spec: str, *, factory: bool = False) -> Any:
+    app = import_attr(spec, "app")
+    if factory:
+        app = app()
+    if not callable(app):
+        raise CLIError(f"{spec!r} is not an ASGI application (not callable)", EXIT_USAGE)
+    return app
+
+
+def load_hooks(specs: Sequence[str]) -> Hooks:
+    """The service hooks ``--hooks`` (or KOURIER_HOOKS) names, in the order given.
+
+    Each spec names a mapping of event name to a callable or a list of callables, a
+    ``Hooks`` object, or a function of no arguments that returns either. Hooks hold no
+    callables themselves, so a callable is always such a function: no ``--factory``.
+    """
+    hooks = Hooks()
+    for spec in specs:
+        found = import_attr(spec, "--hooks")
+        if callable(found) and not isinstance(found, Hooks) and _takes_no_arguments(found):
+            found = found()
+        if isinstance(found, Hooks):
+            hooks.extend(found)
+            continue
+        if not isinstance(found, Mapping):
+            raise CLIError(
+                f"--hooks {spec!r} is {_kind(found)}: give a mapping of event name to hooks, "
+                "a Hooks object, or a function of no arguments that returns one",
+                EXIT_USAGE,
+            )
+        for name, functions in found.items():
+            if name not in HOOK_NAMES:
+                raise CLIError(
+                    f"--hooks {spec!r}: {name!r} is not a hook event; "
+                    f"choose from {', '.join(HOOK_NAMES)}",
+                    EXIT_USAGE,
+                )
+            for function in functions if isinstance(functions, list | tuple) else [functions]:
+                if not callable(function):
+                    raise CLIError(
+                        f"--hooks {spec!r}: the {name!r} hook {function!r} is not callable",
+                        EXIT_USAGE,
+                    )
+                hooks.add(name, function)
+    return hooks
+
+
+def _takes_no_arguments(function: Any) -> bool:
+    try:
+        inspect.signature(function).bind()
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read (some builtins): try the call
+        pass
+    return True
+
+
+def _kind(found: Any) -> str:
+    if callable(found):
+        return "a callable that takes arguments"  # a single hook, or an ASGI app
+    name = type(found).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def _hook_specs(args: argparse.Namespace) -> list[str]:
+    """``--hooks`` as given, else KOURIER_HOOKS (comma-separated), as KOURIER_SERVICE."""
+    if args.hooks:
+        return list(args.hooks)
+    return [spec.strip() for spec in os.environ.get("KOURIER_HOOKS", "").split(",") if spec.strip()]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.workers > 1:
+        return _run_workers(args)
+    from kourier.server.serve import serve
+
+    app = load_app(args.app, factory=args.factory)
+    hooks = load_hooks(_hook_specs(args))
+    service = args.service or os.environ.get("KOURIER_SERVICE") or _default_service(args.app)
+    settings = settings_from(args, concurrency=args.concurrency)
+
+    def ready(instance: object) -> None:
+        logging.getLogger("kourier").info("ready: service %r", service)
+
+    health_port = args.health_port
+    if health_port is None and os.environ.get("KOURIER_HEALTH_PORT"):
+        health_port = port_number(os.environ["KOURIER_HEALTH_PORT"], "KOURIER_HEALTH_PORT")
+    asyncio.run(
+        serve(
+            app,
+            service,
+            settings,
+            hooks=hooks,
+            http_port=args.http,
+            health_port=health_port,
+            stall_timeout=args.stall_timeout,
+            topics=args.topic or (),
+            ready=ready,
+        )
+    )
+    return 0
+
+
+def _run_workers(args: argparse.Namespace) -> int:
+    """Run N worker processes of the same service; forward signals; wait for all.
+
+    Each worker is a member of the service's consumer group. With a health port P,
+    worker i serves its probes on P + i.
+    """
+    if args.http is not None:
+        raise CLIError("--http with --workers: run one worker per HTTP port", EXIT_USAGE)
+    argv = _without_options(sys.argv[1:], ("--workers", "--health-port"))
+    health = args.health_port
+    if health is None and os.environ.get("KOURIER_HEALTH_PORT"):
+        health = port_number(os.environ["KOURIER_HEALTH_PORT"], "KOURIER_HEALTH_PORT")
+    env = {k: v for k, v in os.environ.items() if k != "KOURIER_HEALTH_PORT"}
+    children = []
+    for index in range(args.workers):
+        extra = [] if health is None else ["--health-port", str(health + index)]
+        children.append(subprocess.Popen([sys.executable, "-m", "kourier", *argv, *extra], env=env))
+
+    def forward(signum: int, frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, key=abs)
+
+
+def _without_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """``argv`` less the given options and their values (``--x V`` or ``--x=V``)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in names:
+            skip = True
+        elif not arg.startswith(tuple(f"{name}=" for name in names)):
+            out.append(arg)
+    return out
+
+
+def _default_service(spec: str) -> str:
+    return spec.partition(":")[0].rsplit(".", 1)[-1].replace("_", "-")
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "run",
+        help="serve an ASGI app over Kafka",
+        description="Serve an ASGI app over Kafka, as uvicorn serves it over HTTP.",
+        epilog="examples:\n  kourier run examples.orders:app --service orders\n"
+        "  kourier run myservice.main:app --hooks myservice.hooks:hooks",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("app", help="the app as module:attribute, e.g. myservice.main:app")
+    parser.add_argument(
+        "--service", help="service name (default: KOURIER_SERVICE or the module's last name)"
+    )
+    parser.add_argument("--factory", action="store_true", help="call the attribute to get the app")
+    parser.add_argument("--concurrency", type=int, help="requests handled at once per instance")
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="run N processes of the service (each a member of its consumer group)",
+    )
+    parser.add_argument(
+        "--health-port",
+        type=int,
+        metavar="PORT",
+        help="serve /livez, /readyz and /metrics on PORT (default: KOURIER_HEALTH_PORT; none)",
+    )
+    parser.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="liveness fails after this long without progress while work waits "
+        "(keep it above drain timeout + 30 s: a rebalance may wait that long; default 120)",
+    )
+    parser.add_argument(
+        "--topic",
+        action="append",
+        metavar="TOPIC",
+        help="also consume this shared topic (repeatable): every service that does gets "
+        "every request on it, for scatter-gather calls (Client.gather)",
+    )
+    parser.add_argument(
+        "--hooks",
+        action="append",
+        metavar="MODULE:ATTR",
+        help="attach service hooks (repeatable; default: KOURIER_HOOKS, comma-separated): "
+        "a mapping of event name to a callable or a list of callables, a Hooks object, "
+        f"or a function of no arguments that returns one; events: {', '.join(HOOK_NAMES)}",
+    )
+    parser.add_argument(
+        "--http",
+        type=int,
+        metavar="PORT",
+        help="serve the same app over HTTP on PORT as well (during a migration)",
+    )
+    parser.set_defaults(func=cmd_run)
