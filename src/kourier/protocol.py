@@ -37,6 +37,9 @@ H_ERROR = "kourier-error"
 H_ATTEMPT = "kourier-attempt"
 #: Optional on replies: which service answered (scatter-gather groups items by it).
 H_FROM = "kourier-from"
+#: Optional on requests: the URL scheme the caller used, ``https``; absent means http.
+H_SCHEME = "kourier-scheme"
+SCHEMES = ("http", "https")
 
 TYPE_REQUEST = b"request"
 TYPE_MESSAGE = b"message"
@@ -97,6 +100,11 @@ class ReplyAddress:
     def encode(self) -> bytes:
         return f"{self.topic}:{self.partition}".encode("ascii")
 
+    @property
+    def label(self) -> str:
+        """``topic:partition``: the caller as a service knows it (its ASGI client host)."""
+        return f"{self.topic}:{self.partition}"
+
     @classmethod
     def decode(cls, raw: bytes) -> ReplyAddress:
         topic, sep, partition = raw.decode("ascii", "replace").rpartition(":")
@@ -118,6 +126,8 @@ class Request:
     reply_to: ReplyAddress | None = None
     key: bytes | None = None
     attempt: int = 1
+    #: The scheme of the URL the caller used (``https://orders/...``): the ASGI scheme.
+    scheme: str = "http"
 
     @property
     def one_way(self) -> bool:
@@ -193,6 +203,8 @@ def encode_request(request: Request) -> tuple[bytes | None, bytes, KafkaHeaders]
         headers.append((H_DEADLINE, str(request.deadline_ms).encode("ascii")))
     if request.attempt != 1:
         headers.append((H_ATTEMPT, str(request.attempt).encode("ascii")))
+    if request.scheme != "http":
+        headers.append((H_SCHEME, request.scheme.encode("ascii")))
     headers.extend((name.decode("latin-1"), value) for name, value in request.headers)
     return request.key, request.body, headers
 
@@ -356,7 +368,18 @@ def decode_request(
         reply_to,
         key,
         attempt,
+        _scheme(own),
     )
+
+
+def _scheme(own: dict[str, bytes]) -> str:
+    raw = own.get(H_SCHEME)
+    if raw is None:
+        return "http"
+    scheme = raw.decode("ascii", "replace")
+    if scheme not in SCHEMES:
+        raise ProtocolError(f"{H_SCHEME} {scheme[:20]!r} is not one of {', '.join(SCHEMES)}")
+    return scheme
 
 
 def decode_reply(value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> Reply:

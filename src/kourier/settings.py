@@ -7,6 +7,8 @@ repr and str are masked.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -54,22 +56,30 @@ class Settings:
     Invalid values raise ``SettingsError`` naming the setting.
     """
 
+    #: Kafka brokers to connect to, as ``host:port[,host:port...]``.
     bootstrap_servers: str = "127.0.0.1:9092"
     #: The Kafka client library under the transport: "aiokafka" or "confluent"
     #: (confluent-kafka, librdkafka). See docs/design.md for the measurements.
     kafka_client: str = "aiokafka"
     #: Prefix of every topic and consumer group kourier names.
     topic_prefix: str = "kourier."
-    #: Partitions and replication of the topics kourier creates.
+    #: Partitions of the request and dead-letter topics kourier creates.
     partitions: int = 6
+    #: Replication factor of the topics kourier creates.
     replication_factor: int = 1
     #: Partitions of the shared reply topic; each caller instance reads one of them.
     reply_partitions: int = 12
     #: Consumer group of a service; default ``<topic_prefix><service>``.
     group: str | None = None
+    #: Client id kourier's producers and consumers give the broker (seen in its logs).
     client_id: str = "kourier"
     #: Handlers running at once in one service instance.
     concurrency: int = 64
+    #: The path prefix the app is mounted under, as uvicorn's ``--root-path``: the ASGI
+    #: ``root_path`` of every request, for apps behind a proxy that strips it.
+    root_path: str = ""
+    #: Log one line per handled request on the ``kourier.access`` logger.
+    access_log: bool = True
     #: Seconds a caller waits for a reply when the call does not say.
     default_timeout: float = 5.0
     #: Largest request record value (bytes); Kafka's default limit is about 1 MB.
@@ -87,24 +97,35 @@ class Settings:
     retry_attempts: int = 3
     #: Seconds before the first retry; doubled each time, up to ``retry_backoff_max``.
     retry_backoff: float = 0.2
+    #: Longest wait (seconds) between two retries of a one-way request.
     retry_backoff_max: float = 5.0
     #: Seconds a handled request's response is kept to answer a repeat of it
     #: (same ``Idempotency-Key`` header or request id); 0 turns this off.
     idempotency_window: float = 300.0
     #: Create missing topics at start (needs the right to create topics).
     create_topics: bool = True
+    #: How to talk to the brokers: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
+    #: (any case).
     security_protocol: str = "PLAINTEXT"
+    #: SASL mechanism, with a SASL_* protocol: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
     sasl_mechanism: str | None = None
+    #: SASL user name, with a SASL_* protocol.
     sasl_username: str | None = None
+    #: SASL password, with a SASL_* protocol; never shown in logs or reprs.
     sasl_password: Secret | None = field(default=None, repr=True)
+    #: PEM file of the certificate authorities to trust, with SSL or SASL_SSL.
     ssl_cafile: str | None = None
+    #: PEM file of this client's certificate (mutual TLS), with SSL or SASL_SSL.
     ssl_certfile: str | None = None
+    #: PEM file of the private key of ``ssl_certfile``; needs ``ssl_certfile``.
     ssl_keyfile: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.sasl_password, str):
             object.__setattr__(self, "sasl_password", Secret(self.sasl_password))
+        _normalise_choices(self)
         self._validate()
+        _check_consistency(self)
 
     def _validate(self) -> None:
         if not self.bootstrap_servers.strip():
@@ -168,6 +189,11 @@ class Settings:
             path = getattr(self, name)
             if path is not None and not os.path.isfile(path):
                 raise SettingsError(f"{name}: no file at {path!r}")
+        if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
+            raise SettingsError(
+                f"root_path: {self.root_path!r} must start with '/' and not end with one "
+                "(e.g. /api/v1), or be empty"
+            )
         if self.group is not None and not _TOPIC_NAME.match(self.group):
             raise SettingsError(f"group: {self.group!r} is not a valid group name")
 
@@ -206,6 +232,7 @@ class Settings:
                 continue
             values[f.name] = _parse(f.name, f.type, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
+        warn_unknown_names(env, cls)
         return cls(**values)
 
 
@@ -247,3 +274,94 @@ def _parse(name: str, annotation: object, raw: str) -> Any:
     if "Secret" in kind:
         return Secret(raw)
     return raw
+
+
+# -- choices, contradictions, misspelt names ---------------------------------------------
+
+
+def _normalise_choices(settings: Settings) -> None:
+    """Enum-like values in any case: ``sasl_ssl`` is SASL_SSL, ``Confluent`` confluent."""
+    for name, fold in (
+        ("kafka_client", str.lower),
+        ("security_protocol", str.upper),
+        ("sasl_mechanism", str.upper),
+    ):
+        value = getattr(settings, name)
+        if isinstance(value, str):
+            object.__setattr__(settings, name, fold(value.strip()))
+
+
+def _check_consistency(settings: Settings) -> None:
+    """Settings that would be silently ignored together are an error naming both."""
+    protocol = settings.security_protocol
+    if not protocol.startswith("SASL"):
+        for name in ("sasl_mechanism", "sasl_username", "sasl_password"):
+            if getattr(settings, name) is not None:
+                raise SettingsError(
+                    f"{name}: is set but security_protocol is {protocol}, which does not use "
+                    "SASL; set security_protocol to SASL_PLAINTEXT or SASL_SSL, "
+                    f"or unset {name}"
+                )
+    if not protocol.endswith("SSL"):
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            if getattr(settings, name) is not None:
+                raise SettingsError(
+                    f"{name}: is set but security_protocol is {protocol}, which does not use "
+                    f"TLS; set security_protocol to SSL or SASL_SSL, or unset {name}"
+                )
+    if settings.ssl_keyfile is not None and settings.ssl_certfile is None:
+        raise SettingsError(
+            "ssl_keyfile: a private key without its certificate; set ssl_certfile too"
+        )
+
+
+#: ``KOURIER_*`` variables that kourier reads but that are not settings: the one place
+#: that lists them, so that ``warn_unknown_names`` does not call them misspelt. Add a
+#: name here when code reads a new one outside ``Settings``.
+OTHER_ENV_NAMES = frozenset(
+    {
+        "KOURIER_SERVICE",  # kourier run: the service name
+        "KOURIER_HOOKS",  # kourier run: service hooks
+        "KOURIER_HEALTH_PORT",  # kourier run: the probes' port
+        "KOURIER_LOG_FORMAT",  # text or json logs
+        "KOURIER_CACHE_DIR",  # the local broker's download cache
+    }
+)
+#: Families of such variables: kourier's tests', and the local broker's own options.
+_TEST_PREFIXES = ("KOURIER_TEST_", "KOURIER_E2E_")
+_BROKER_PREFIX = "KOURIER_KAFKA_"
+
+_warned: set[str] = set()
+_logger = logging.getLogger("kourier.settings")
+
+
+def unknown_names(environ: Mapping[str, str], cls: type[Settings]) -> dict[str, str | None]:
+    """Each ``KOURIER_*`` name in ``environ`` that kourier does not read -> the closest
+    valid variable name (or None if nothing is close)."""
+    valid = {f"KOURIER_{f.name.upper()}" for f in dataclasses.fields(cls)}
+    known = valid | OTHER_ENV_NAMES
+    found: dict[str, str | None] = {}
+    for name in environ:
+        if not name.startswith("KOURIER_") or name in known:
+            continue
+        if name.startswith(_TEST_PREFIXES):
+            continue
+        # The local broker's family is its own, unless a name is a near miss of a
+        # setting (KOURIER_KAFKA_CLIENTS).
+        if name.startswith(_BROKER_PREFIX) and not difflib.get_close_matches(
+            name, sorted(valid), n=1, cutoff=0.9
+        ):
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+        found[name] = close[0] if close else None
+    return found
+
+
+def warn_unknown_names(environ: Mapping[str, str], cls: type[Settings] = Settings) -> None:
+    """Log one warning per misspelt ``KOURIER_*`` name, once per process."""
+    for name, close in sorted(unknown_names(environ, cls).items()):
+        if name in _warned:
+            continue
+        _warned.add(name)
+        hint = f"did you mean {close}?" if close else "see docs/settings.md for the settings"
+        _logger.warning("%s is not a kourier setting and is ignored; %s", name, hint)

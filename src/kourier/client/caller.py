@@ -186,13 +186,15 @@ class Client:
         key: Key | None = None,
         request_id: str | None = None,
         retry: RetryOption = None,
+        scheme: str = "http",
     ) -> Response:
         """Call ``service`` and wait for its whole response, until the deadline at most.
 
         ``timeout`` (default ``settings.default_timeout``) bounds the whole call, retries
         included; after it ``ReplyTimeout`` is raised and a late reply is dropped. ``key``
         keeps calls with the same key in order at the service. ``retry`` overrides the
-        client's default policy (``False``: no retries).
+        client's default policy (``False``: no retries). ``scheme`` (``https``) is the
+        ASGI scheme the app sees, as if called at ``https://<service>``.
         """
         seconds = self._timeout(timeout)
         deadline = _loop_time() + seconds
@@ -209,6 +211,7 @@ class Client:
                 request_id,
                 seconds,
                 two_way=True,
+                scheme=scheme,
             )
             call.request_id(request.id)
             policy = self._policy(retry, request)
@@ -316,6 +319,7 @@ class Client:
         key: Key | None = None,
         request_id: str | None = None,
         retry: RetryOption = None,
+        scheme: str = "http",
     ) -> AsyncIterator[ReplyStream]:
         """Call ``service`` and read its reply item by item, as the items arrive.
 
@@ -341,6 +345,7 @@ class Client:
                 request_id,
                 seconds,
                 two_way=True,
+                scheme=scheme,
             )
             call.request_id(request.id)
             policy = self._policy(retry, request)
@@ -447,6 +452,7 @@ class Client:
         timeout: float | None,
         *,
         two_way: bool,
+        scheme: str = "http",
     ) -> Request:
         """Build a request, run the request hooks on it, validate it; nothing is sent if
         this raises."""
@@ -464,6 +470,7 @@ class Client:
             deadline_ms=None if timeout is None else protocol.now_ms() + int(timeout * 1000),
             reply_to=self.inbox.address if two_way else None,
             key=key.encode("utf-8") if isinstance(key, str) else key,
+            scheme=scheme,
         )
         if self.hooks.has("request"):
             await self.hooks.emit("request", request)
@@ -475,6 +482,8 @@ class Client:
         """Check what the wire format and the broker demand (after the hooks had their say)."""
         if not _METHOD.match(request.method):
             raise ValueError(f"{request.method[:40]!r} is not an HTTP method")
+        if request.scheme not in protocol.SCHEMES:
+            raise ValueError(f"scheme {request.scheme[:20]!r}: use http or https")
         if not protocol.is_valid_request_id(request.id):
             raise ValueError(f"request id {request.id[:40]!r}: use 1-128 of A-Z a-z 0-9 . _ : -")
         if request.key is not None and not isinstance(request.key, bytes):
@@ -754,7 +763,7 @@ def _target(path: str, params: Params | None) -> str:
 
 
 def _url(service: str, request: Request) -> str:
-    return f"http://{service}{request.target}"
+    return f"{request.scheme}://{service}{request.target}"
 
 
 def _gather_topic(settings: Settings, topic_or_service: str) -> str:

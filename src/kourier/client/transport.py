@@ -1,8 +1,9 @@
 """An httpx transport over the caller, so httpx code reaches services through Kafka.
 
 ``httpx.AsyncClient(transport=KourierTransport(client), base_url="http://orders")``:
-the URL's host names the service, the rest of the request travels as is (minus
-hop-by-hop headers). The response body is streamed item by item, so
+the URL's host names the service, its scheme reaches the app as the ASGI scheme, and
+the rest of the request travels as is, every header included (the app sees what it
+would see behind uvicorn). The response body is streamed item by item, so
 ``client.stream(...)`` with ``aiter_lines()`` sees NDJSON lines as they come.
 
 kourier's errors become the httpx exceptions httpx code already catches; a request
@@ -26,10 +27,6 @@ from kourier.client.caller import Client
 from kourier.client.responses import ReplyStream
 from kourier.errors import BrokerError, KourierError, PublishError, ReplyTimeout, StreamBroken
 
-_HOP_BY_HOP = frozenset(
-    {b"connection", b"keep-alive", b"transfer-encoding", b"upgrade", b"te", b"trailer"}
-)
-
 
 class KourierTransport(httpx.AsyncBaseTransport):
     """Sends each httpx request as a kourier call through ``client``.
@@ -43,7 +40,7 @@ class KourierTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         options: dict[str, Any] = request.extensions.get("kourier") or {}
         timeout = (request.extensions.get("timeout") or {}).get("read")
-        headers = [(n, v) for n, v in request.headers.raw if not _hop_by_hop(n.lower())]
+        headers = request.headers.raw
         body = await request.aread()
         calls = AsyncExitStack()
         try:
@@ -58,6 +55,7 @@ class KourierTransport(httpx.AsyncBaseTransport):
                     key=options.get("key"),
                     request_id=options.get("request_id"),
                     retry=options.get("retry"),
+                    scheme=request.url.scheme,
                 )
             )
         except KourierError as exc:
@@ -101,7 +99,3 @@ def as_httpx_error(error: KourierError, request: httpx.Request) -> Exception:
     if isinstance(error, StreamBroken):
         return httpx.RemoteProtocolError(message, request=request)
     return error
-
-
-def _hop_by_hop(name: bytes) -> bool:
-    return name in _HOP_BY_HOP or name.startswith(b"proxy-")

@@ -27,29 +27,41 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: Publishes one reply record; returns once it is queued (the ack is awaited later).
 ReplySink = Callable[[Reply], Awaitable[None]]
 
+# Hop-by-hop headers of the app's response: they describe one HTTP connection, and the
+# reply travels on none. (The request's reach the app, as under uvicorn.)
 _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"upgrade"})
 
+#: The ASGI ``client`` of a one-way message: it has no caller to name.
+ONE_WAY_CLIENT = ("one-way", 0)
 
-def build_scope(request: Request, service: str, state: dict[str, Any] | None) -> Scope:
+
+def build_scope(
+    request: Request, service: str, state: dict[str, Any] | None, root_path: str = ""
+) -> Scope:
+    """The scope uvicorn would build for the same HTTP request (docs/design.md, "What
+    the app sees"): every request header, ``host`` the service when the caller sent none,
+    ``path`` under ``root_path``, the caller's scheme and reply address as ``client``."""
     path_raw = request.path
-    headers = [(n, v) for n, v in request.headers if n not in _HOP_BY_HOP]
+    # A copy: middleware may change the scope's list, and a retry builds its scope again.
+    headers = list(request.headers)
     for name, _ in headers:
         if name == b"host":
             break
     else:
         headers.insert(0, (b"host", service.encode("ascii")))
+    reply_to = request.reply_to
     scope: Scope = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
         "http_version": "1.1",
         "method": request.method,
-        "scheme": "http",
-        "path": unquote(path_raw) if "%" in path_raw else path_raw,
-        "raw_path": path_raw.encode("utf-8"),
+        "scheme": request.scheme,
+        "path": root_path + (unquote(path_raw) if "%" in path_raw else path_raw),
+        "raw_path": (root_path + path_raw).encode("utf-8"),
         "query_string": request.query.encode("utf-8"),
-        "root_path": "",
+        "root_path": root_path,
         "headers": headers,
-        "client": None,
+        "client": ONE_WAY_CLIENT if reply_to is None else (reply_to.label, 0),
         "server": None,
         "extensions": {
             "kourier": {
@@ -97,6 +109,7 @@ async def run_app(
     *,
     state: dict[str, Any] | None = None,
     max_reply_bytes: int = 900_000,
+    root_path: str = "",
 ) -> Outcome:
     """Run the app for one request; every reply record goes to ``sink`` in order."""
     outcome = Outcome()
@@ -176,7 +189,7 @@ async def run_app(
             outcome.status = status
         # Other messages (e.g. http.response.trailers, pathsend) are not part of v1.
 
-    scope = build_scope(request, service, state)
+    scope = build_scope(request, service, state, root_path)
     try:
         await app(scope, receive, send)
     except Exception as exc:

@@ -19,7 +19,9 @@ from kourier.server.asgi import ASGIApp, Receive, Scope, Send
 
 
 class HttpSide:
-    def __init__(self, app: ASGIApp, port: int, host: str, state: dict[str, Any]) -> None:
+    def __init__(
+        self, app: ASGIApp, port: int, host: str, state: dict[str, Any], root_path: str = ""
+    ) -> None:
         try:
             import uvicorn
         except ImportError:
@@ -38,7 +40,13 @@ class HttpSide:
             await app(scope, receive, send)
 
         config = uvicorn.Config(
-            with_state, host=host, port=port, lifespan="off", log_config=None, access_log=False
+            with_state,
+            host=host,
+            port=port,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            root_path=root_path,
         )
         self._server = Server(config)
         self._host, self._port = host, port

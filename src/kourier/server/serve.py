@@ -247,6 +247,7 @@ class Service:
                 sink,
                 state=self._lifespan.state if self._lifespan.supported else None,
                 max_reply_bytes=self.settings.max_reply_bytes,
+                root_path=self.settings.root_path,
             )
             failed = outcome.error_id is not None or (outcome.status or 500) >= 500
             if outcome.error_id is not None:
@@ -550,7 +551,13 @@ async def serve(
     try:
         await instance.start()
         if http_port is not None:
-            http = HttpSide(instance.app, http_port, http_host, instance.lifespan_state)
+            http = HttpSide(
+                instance.app,
+                http_port,
+                http_host,
+                instance.lifespan_state,
+                root_path=instance.settings.root_path,
+            )
             await http.start()
             logger.info("serving HTTP on %s:%d as well", http_host, http.port)
         # What exists by now (the app, its framework, the clients) lives as long as the
