@@ -52,7 +52,16 @@ class ServiceUnavailable(KourierError):
 
 
 class ReplyTimeout(KourierError, TimeoutError):
-    """The reply (or the next item of a streamed reply) did not arrive in time."""
+    """The reply (or the next item of a streamed reply) did not arrive in time.
+
+    A caller's timeout names its call: ``service``, ``method``, ``path`` and the
+    ``timeout`` in seconds (None on a timeout not yet tied to a call).
+    """
+
+    service: str | None = None
+    method: str | None = None
+    path: str | None = None
+    timeout: float | None = None
 
 
 class StreamBroken(KourierError):

@@ -32,6 +32,7 @@ from kourier.client.hooks import CallerHooks, Hook
 from kourier.client.replies import ReplyInbox, ReplyWaiter
 from kourier.client.responses import ReplyStream, Response
 from kourier.client.retry import Retry
+from kourier.client.timeouts import timed_out
 from kourier.errors import (
     BrokerError,
     PublishError,
@@ -223,9 +224,9 @@ class Client:
                         items = [await self._first_item(topic, request, waiter, policy, deadline)]
                         while not items[-1].end:
                             items.append(await waiter.next(deadline))
-                except ReplyTimeout:
+                except ReplyTimeout as exc:
                     self.stats.timeouts += 1
-                    raise
+                    raise timed_out(exc, service, method, path, seconds) from None
             response = Response.from_items(items, method=request.method, url=_url(service, request))
             call.status(response.status_code)
         if self.hooks.has("response"):
@@ -353,12 +354,15 @@ class Client:
             try:
                 with self._counting_timeouts():
                     first = await self._first_item(topic, request, waiter, policy, deadline)
+            except ReplyTimeout as exc:
+                waiter.close()
+                raise timed_out(exc, service, method, path, seconds) from None
             except BaseException:
                 waiter.close()
                 raise
             call.status(first.status or 0)
         with waiter:
-            reply = ReplyStream(waiter, first, seconds)
+            reply = ReplyStream(waiter, first, seconds, call=(service, method, path))
             try:
                 await self.hooks.emit("response", reply)
                 yield reply
@@ -421,7 +425,13 @@ class Client:
                 logger.warning("left out a broken reply: %s", exc)
         if not responses:
             self.stats.timeouts += 1
-            raise ReplyTimeout(f"no reply to {request.id} in {seconds}s")
+            raise timed_out(
+                ReplyTimeout(f"no reply to {request.id} in time"),
+                topic_or_service,
+                method,
+                path,
+                seconds,
+            )
         for response in responses:
             await self.hooks.emit("response", response)
         return responses

@@ -16,7 +16,8 @@ from typing import Any
 import httpx
 
 from kourier.client.replies import ReplyWaiter
-from kourier.errors import StreamBroken
+from kourier.client.timeouts import timed_out
+from kourier.errors import ReplyTimeout, StreamBroken
 from kourier.protocol import Reply
 
 
@@ -109,7 +110,14 @@ class ReplyStream:
     seconds of the previous one, or ``ReplyTimeout`` is raised.
     """
 
-    def __init__(self, waiter: ReplyWaiter, first: Reply, idle_timeout: float) -> None:
+    def __init__(
+        self,
+        waiter: ReplyWaiter,
+        first: Reply,
+        idle_timeout: float,
+        *,
+        call: tuple[str, str, str] | None = None,
+    ) -> None:
         assert first.status is not None  # decode_reply guarantees it for item 0
         self.request_id = waiter.request_id
         self.status_code = first.status
@@ -120,6 +128,7 @@ class ReplyStream:
         self._pending: Reply | None = first
         self._idle_timeout = idle_timeout
         self._ended = False
+        self._call = call  # (service, method, path): named if an item times out
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while (item := await self._next_item()) is not None:
@@ -163,7 +172,14 @@ class ReplyStream:
             return None
         else:
             deadline = asyncio.get_running_loop().time() + self._idle_timeout
-            item = await self._waiter.next(deadline)
+            try:
+                item = await self._waiter.next(deadline)
+            except ReplyTimeout as exc:
+                if self._call is None:
+                    raise
+                raise timed_out(
+                    exc, *self._call, self._idle_timeout, what="the next streamed item"
+                ) from None
         if item.end:
             self._ended = True
             check_complete(self._first, item)

@@ -22,6 +22,13 @@ TopicPartition = tuple[str, int]
 RebalanceCallback = Callable[[set[TopicPartition]], Awaitable[None]]
 
 
+#: The end of every "cannot connect" error: how to point kourier at a broker.
+UNREACHABLE_HINT = (
+    "set KOURIER_BOOTSTRAP_SERVERS (or --bootstrap-servers) to your brokers' host:port, "
+    "or start a local broker with 'kourier kafka start'"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
     """A record as a consumer sees it."""

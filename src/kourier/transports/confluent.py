@@ -73,6 +73,7 @@ from confluent_kafka.cimpl import NewTopic
 from kourier.errors import BrokerError, PublishError
 from kourier.settings import Settings
 from kourier.transports.base import (
+    UNREACHABLE_HINT,
     GroupConsumer,
     PartitionReader,
     RebalanceCallback,
@@ -261,7 +262,9 @@ class ConfluentTransport(Transport):
             raise
         if failure is not None:
             await deliveries.stop()
-            raise BrokerError(f"cannot connect to Kafka at {self._servers}: {failure}")
+            raise BrokerError(
+                f"cannot connect to Kafka at {self._servers}: {failure}; {UNREACHABLE_HINT}"
+            )
         admin_config: dict[str, Any] = {**self._config, "error_cb": _log_client_error}
         try:
             self._admin = AdminClient(admin_config)

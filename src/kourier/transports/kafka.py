@@ -56,6 +56,7 @@ from kourier._aio import within
 from kourier.errors import BrokerError, PublishError
 from kourier.settings import Settings
 from kourier.transports.base import (
+    UNREACHABLE_HINT,
     GroupConsumer,
     PartitionReader,
     RebalanceCallback,
@@ -156,7 +157,9 @@ class KafkaTransport(Transport):
             reason = _reason(err)
             if isinstance(err, KafkaConnectionError):
                 reason = await _why_unreachable(self._options)
-            raise BrokerError(f"cannot connect to Kafka at {self._servers}: {reason}") from err
+            raise BrokerError(
+                f"cannot connect to Kafka at {self._servers}: {reason}; {UNREACHABLE_HINT}"
+            ) from err
         except BaseException:
             await producer.stop()
             raise
