@@ -2,11 +2,14 @@
 
 Used by the ``kourier topics`` and ``kourier dead-letters`` commands; usable from code.
 Replaying publishes a copy of a dead letter to the service's request topic again; it
-never deletes the dead letter (Kafka topics are append-only), so replay each once.
+never deletes the dead letter (Kafka topics are append-only). Instead, once the copy is
+acknowledged, it appends a replay marker to the dead-letter topic (docs/protocol.md), so
+that listing shows which letters were replayed and ``replay --all`` skips them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,6 +19,9 @@ from kourier.settings import Settings
 from kourier.transports.base import Record, TopicInfo, TopicSpec, Transport
 
 _DEAD_HEADERS = (H_DEAD_REASON, H_DEAD_SOURCE, H_DEAD_ATTEMPTS)
+#: On a replay marker: ``<partition>:<offset>`` of the dead letter that was replayed.
+H_REPLAYED = "kourier-replayed"
+TYPE_REPLAYED = b"replayed"
 
 
 def service_topics(settings: Settings, service: str) -> list[TopicSpec]:
@@ -51,6 +57,8 @@ class DeadLetter:
     reason: str
     source: str
     attempts: int | None
+    #: A replay marker for this letter is in the dead-letter topic.
+    replayed: bool = False
 
     @property
     def position(self) -> str:
@@ -80,15 +88,32 @@ async def read_dead_letters(
     """Every dead letter of ``service`` now in its topic, oldest first per partition."""
     topic = settings.dead_letter_topic(service)
     letters: list[DeadLetter] = []
+    replayed: set[str] = set()
     for partition in range(await transport.partition_count(topic)):
         reader = transport.partition_reader(topic, partition, from_beginning=True)
         await reader.start()
         try:
             while batch := await reader.fetch(idle):
-                letters.extend(DeadLetter.from_record(r) for r in batch)
+                for record in batch:
+                    marked = _replayed_position(record)
+                    if marked is not None:
+                        replayed.add(marked)
+                    else:
+                        letters.append(DeadLetter.from_record(record))
         finally:
             await reader.stop()
-    return letters
+    return [
+        dataclasses.replace(letter, replayed=True) if letter.position in replayed else letter
+        for letter in letters
+    ]
+
+
+def _replayed_position(record: Record) -> str | None:
+    """The position a replay marker names; None if ``record`` is not a marker."""
+    headers = dict(record.headers)
+    if headers.get(protocol.H_TYPE) != TYPE_REPLAYED:
+        return None
+    return headers.get(H_REPLAYED, b"").decode("ascii", "replace")
 
 
 async def replay(
@@ -114,4 +139,29 @@ async def replay(
         )
     for ack in acks:
         await ack
+    await _mark_replayed(transport, settings.dead_letter_topic(service), letters)
     return len(acks)
+
+
+async def _mark_replayed(transport: Transport, topic: str, letters: Sequence[DeadLetter]) -> None:
+    """Append a replay marker per letter, each after its copy was acknowledged.
+
+    A marker goes to the letter's own partition, so that it follows the letter there.
+    """
+    acks = []
+    for letter in letters:
+        headers = [
+            (protocol.H_VERSION, protocol.VERSION),
+            (protocol.H_TYPE, TYPE_REPLAYED),
+            (H_REPLAYED, letter.position.encode("ascii")),
+        ]
+        request_id = letter.header(protocol.H_ID)
+        if request_id is not None and protocol.is_valid_request_id(request_id):
+            headers.append((protocol.H_ID, request_id.encode("ascii")))
+        acks.append(
+            await transport.publish(
+                topic, b"", key=None, headers=headers, partition=letter.record.partition
+            )
+        )
+    for ack in acks:
+        await ack

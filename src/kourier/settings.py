@@ -78,7 +78,7 @@ class Settings:
     #: The path prefix the app is mounted under, as uvicorn's ``--root-path``: the ASGI
     #: ``root_path`` of every request, for apps behind a proxy that strips it.
     root_path: str = ""
-    #: Log one line per handled request on the ``kourier.access`` logger.
+    #: ``kourier run`` logs one line per handled request on the ``kourier.access`` logger.
     access_log: bool = True
     #: Seconds a caller waits for a reply when the call does not say.
     default_timeout: float = 5.0

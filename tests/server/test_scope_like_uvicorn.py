@@ -15,41 +15,18 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from kourier import Client, KourierTransport, Service, Settings
 from kourier.protocol import ReplyAddress
 from kourier.protocol import Request as Envelope
 from kourier.server.asgi import ONE_WAY_CLIENT, build_scope
 from tests.conftest import TransportFactory
+from tests.scope_app import app
 
 pytestmark = pytest.mark.timeout(60)
 
 ROOT = "/api"
 
-
-async def what_i_saw(request: Request) -> JSONResponse:
-    client = request.client
-    return JSONResponse(
-        {
-            "root_path": request.scope["root_path"],
-            "path": request.scope["path"],
-            "raw_path": request.scope["raw_path"].decode(),
-            "query": request.scope["query_string"].decode(),
-            "scheme": request.url.scheme,
-            "client_host_is_text": isinstance(client.host, str) if client else None,
-            "client_port_is_int": isinstance(client.port, int) if client else None,
-            "url_path": request.url.path,
-            "link": str(request.url_for("where", name="x")),
-            "headers": [[k.decode(), v.decode()] for k, v in request.scope["headers"]],
-        }
-    )
-
-
-app = Starlette(routes=[Route("/where/{name}", what_i_saw, name="where")])
 
 HEADERS = {"x-tenant": "acme", "connection": "keep-alive", "te": "trailers"}
 

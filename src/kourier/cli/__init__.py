@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from kourier import __version__
 from kourier.cli import admin, call, run
 from kourier.cli.common import (
     EXIT_BROKER,
@@ -58,23 +59,50 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument(
-        "--bootstrap-servers",
-        metavar="HOST:PORT[,...]",
-        help="Kafka brokers (default: KOURIER_BOOTSTRAP_SERVERS or 127.0.0.1:9092)",
-    )
-    parser.add_argument(
-        "--log-level",
-        choices=["debug", "info", "warning", "error"],
-        help="default: info for run, warning for the other commands",
-    )
+    parser.add_argument("--version", action="version", version=f"kourier {__version__}")
+    add_global_options(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run.add_parser(sub)
     call.add_parsers(sub)
     admin.add_parsers(sub)
+    accept_global_options_after_commands(parser)
     return parser
+
+
+def add_global_options(parser: argparse._ActionsContainer, *, default: object = None) -> None:
+    """The options every command takes, before or after its name."""
+    parser.add_argument(
+        "--debug", action="store_true", default=default or False, help="show tracebacks on errors"
+    )
+    parser.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT[,...]",
+        default=default,
+        help="Kafka brokers (default: KOURIER_BOOTSTRAP_SERVERS or 127.0.0.1:9092)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default=default,
+        help="default: info for run, warning for the other commands",
+    )
+
+
+def accept_global_options_after_commands(parser: argparse.ArgumentParser) -> None:
+    """Give every command (and sub-command) the global options too.
+
+    Their default there is SUPPRESS: a command's parser sets them only when they are
+    given after the command, so ``kourier --debug request ...`` still counts.
+    """
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for command in {id(p): p for p in action.choices.values()}.values():
+            if "--bootstrap-servers" not in command._option_string_actions:
+                group = command.add_argument_group("global options (also before the command)")
+                add_global_options(group, default=argparse.SUPPRESS)
+            accept_global_options_after_commands(command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,7 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = args.log_level or ("info" if args.command == "run" else "warning")
     try:
-        handler = configure_logging(level.upper())  # text, or JSON with KOURIER_LOG_FORMAT=json
+        # Text, or JSON with KOURIER_LOG_FORMAT=json; a --workers worker says which it is.
+        handler = configure_logging(level.upper(), worker=getattr(args, "worker_index", None))
     except ValueError as exc:
         print(f"kourier: error: KOURIER_LOG_FORMAT: {exc}", file=sys.stderr)
         return EXIT_USAGE

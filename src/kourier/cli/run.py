@@ -103,7 +103,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     app = load_app(args.app, factory=args.factory)
     hooks = load_hooks(_hook_specs(args))
     service = args.service or os.environ.get("KOURIER_SERVICE") or _default_service(args.app)
-    settings = settings_from(args, concurrency=args.concurrency)
+    settings = settings_from(
+        args, concurrency=args.concurrency, root_path=args.root_path, access_log=args.access_log
+    )
+    if settings.access_log:
+        from kourier.ops.access_log import access_log_hooks
+
+        hooks.extend(access_log_hooks())
 
     def ready(instance: object) -> None:
         logging.getLogger("kourier").info("ready: service %r", service)
@@ -135,14 +141,16 @@ def _run_workers(args: argparse.Namespace) -> int:
     """
     if args.http is not None:
         raise CLIError("--http with --workers: run one worker per HTTP port", EXIT_USAGE)
-    argv = _without_options(sys.argv[1:], ("--workers", "--health-port"))
+    argv = _without_options(sys.argv[1:], ("--workers", "--health-port", "--worker-index"))
     health = args.health_port
     if health is None and os.environ.get("KOURIER_HEALTH_PORT"):
         health = port_number(os.environ["KOURIER_HEALTH_PORT"], "KOURIER_HEALTH_PORT")
     env = {k: v for k, v in os.environ.items() if k != "KOURIER_HEALTH_PORT"}
     children = []
     for index in range(args.workers):
-        extra = [] if health is None else ["--health-port", str(health + index)]
+        extra = ["--worker-index", str(index + 1)]  # names the worker in its log lines
+        if health is not None:
+            extra += ["--health-port", str(health + index)]
         children.append(subprocess.Popen([sys.executable, "-m", "kourier", *argv, *extra], env=env))
 
     def forward(signum: int, frame: object) -> None:
@@ -231,4 +239,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="PORT",
         help="serve the same app over HTTP on PORT as well (during a migration)",
     )
+    parser.add_argument(
+        "--root-path",
+        metavar="PATH",
+        help="the path prefix the app is mounted under, as uvicorn's --root-path: the "
+        "ASGI root_path of every request (default: KOURIER_ROOT_PATH, none)",
+    )
+    parser.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="log one line per request on the kourier.access logger "
+        "(default: KOURIER_ACCESS_LOG, on)",
+    )
+    # Set by --workers for each worker it starts: log lines say which worker wrote them.
+    parser.add_argument("--worker-index", type=positive_int, help=argparse.SUPPRESS)
     parser.set_defaults(func=cmd_run)

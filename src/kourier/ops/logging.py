@@ -28,6 +28,11 @@ service_var: ContextVar[str | None] = ContextVar("kourier_service", default=None
 #: What a record carries when no request is being handled.
 NO_VALUE = "-"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(service)s %(request_id)s] %(message)s"
+#: The same, in a worker of ``kourier run --workers N``.
+WORKER_TEXT_FORMAT = (
+    "%(asctime)s %(levelname)s [worker %(worker)s] %(name)s [%(service)s %(request_id)s] "
+    "%(message)s"
+)
 FORMATS = ("text", "json")
 
 
@@ -51,11 +56,14 @@ class RequestContextFilter(logging.Filter):
     children propagate to it.
     """
 
-    def __init__(self, service: str | None = None) -> None:
+    def __init__(self, service: str | None = None, worker: int | None = None) -> None:
         super().__init__()
         self.service = service
+        self.worker = worker
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if self.worker is not None:
+            record.worker = self.worker
         if not hasattr(record, "request_id"):
             record.request_id = request_id_var.get() or NO_VALUE
         if not hasattr(record, "service"):
@@ -104,6 +112,9 @@ class JsonFormatter(logging.Formatter):
             "request_id": _value(record, "request_id"),
             "service": _value(record, "service"),
         }
+        worker = getattr(record, "worker", None)
+        if worker is not None:
+            payload["worker"] = worker
         if record.exc_info:
             payload["exc_info"] = self.formatException(record.exc_info)
         if record.stack_info:
@@ -122,19 +133,23 @@ def configure_logging(
     service: str | None = None,
     fmt: str | None = None,
     stream: IO[str] | None = None,
+    worker: int | None = None,
 ) -> logging.Handler:
     """Log to ``stream`` (stderr) through the root logger, as text or JSON.
 
     ``fmt`` is ``"text"`` or ``"json"``; by default ``KOURIER_LOG_FORMAT`` decides (text
-    if unset). Calling it again replaces the handler it installed before. Returns the
-    handler, so that a caller (or a test) can remove it.
+    if unset). ``worker`` (set in each worker of ``kourier run --workers N``) adds
+    ``[worker N]`` to text lines and a ``worker`` field to JSON ones. Calling it again
+    replaces the handler it installed before. Returns the handler, so that a caller (or
+    a test) can remove it.
     """
     chosen = (fmt or os.environ.get("KOURIER_LOG_FORMAT") or "text").strip().lower()
     if chosen not in FORMATS:
         raise ValueError(f"log format {chosen!r}: choose from {', '.join(FORMATS)}")
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.addFilter(RequestContextFilter(service))
-    handler.setFormatter(JsonFormatter() if chosen == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(RequestContextFilter(service, worker))
+    text = TEXT_FORMAT if worker is None else WORKER_TEXT_FORMAT
+    handler.setFormatter(JsonFormatter() if chosen == "json" else logging.Formatter(text))
     handler.set_name("kourier")
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == "kourier"]:

@@ -10,6 +10,7 @@ members, and only committed offsets survive a member leaving.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
@@ -20,6 +21,19 @@ from kourier.errors import BrokerError
 
 TopicPartition = tuple[str, int]
 RebalanceCallback = Callable[[set[TopicPartition]], Awaitable[None]]
+
+
+def log_created(log: logging.Logger, created: Sequence[str], asked: Sequence[str]) -> None:
+    """Log the topics this process created, not those another got to first.
+
+    With ``--workers 2`` both workers ask for the same missing topics; the broker
+    creates each once and tells the other "already exists".
+    """
+    if created:
+        log.info("created topics %s", ", ".join(created))
+    others = [name for name in asked if name not in created]
+    if others:
+        log.debug("topics %s were created by another process meanwhile", ", ".join(others))
 
 
 #: The end of every "cannot connect" error: how to point kourier at a broker.

@@ -82,6 +82,7 @@ from kourier.transports.base import (
     TopicPartition,
     TopicSpec,
     Transport,
+    log_created,
     require_topics,
 )
 
@@ -363,6 +364,7 @@ class ConfluentTransport(Transport):
             new, request_timeout=REQUEST_TIMEOUT, operation_timeout=REQUEST_TIMEOUT
         )
         results = await self._admin_results(futures)
+        created = []
         for name, result in results.items():
             if isinstance(result, BaseException):
                 error = _kafka_error(result)
@@ -370,7 +372,8 @@ class ConfluentTransport(Transport):
                 if error is not None and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                     continue
                 raise BrokerError(f"cannot create topic {name!r}: {_reason(result)}") from result
-        log.info("created topics %s", ", ".join(spec.name for spec in specs))
+            created.append(name)
+        log_created(log, created, [spec.name for spec in specs])
 
     async def _wait_for_leaders(self, names: Sequence[str]) -> None:
         deadline = time.monotonic() + TOPIC_READY_TIMEOUT

@@ -65,6 +65,7 @@ from kourier.transports.base import (
     TopicPartition,
     TopicSpec,
     Transport,
+    log_created,
     require_topics,
 )
 
@@ -258,13 +259,16 @@ class KafkaTransport(Transport):
             raise BrokerError(f"cannot create topics {names}: {_reason(err)}") from err
         finally:
             await admin.close()
+        created = []
         for name, code, *message in response.topic_errors:
             error = for_code(code)
+            if code == 0:
+                created.append(name)
             # Another process may have created it since we looked: that is success too.
-            if code != 0 and error is not TopicAlreadyExistsError:
+            elif error is not TopicAlreadyExistsError:
                 detail = message[0] if message and message[0] else error.__name__
                 raise BrokerError(f"cannot create topic {name!r}: {detail}")
-        log.info("created topics %s", ", ".join(spec.name for spec in specs))
+        log_created(log, created, [spec.name for spec in specs])
 
     async def _wait_for_leaders(self, names: Sequence[str]) -> None:
         deadline = time.monotonic() + TOPIC_READY_TIMEOUT

@@ -1,0 +1,95 @@
+"""The CLI's parser: --version, global options after the command, run's new options."""
+
+from __future__ import annotations
+
+import pytest
+
+from kourier import __version__
+from kourier.cli import build_parser
+from kourier.cli.admin import BODY_PREVIEW, _body_text
+from kourier.cli.run import _without_options
+
+
+def test_version_prints_the_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """kourier --version prints 'kourier <version>' and exits 0."""
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"kourier {__version__}"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [
+            "--bootstrap-servers",
+            "b:1",
+            "--debug",
+            "--log-level",
+            "info",
+            "request",
+            "s",
+            "GET",
+            "/",
+        ],
+        [
+            "request",
+            "s",
+            "GET",
+            "/",
+            "--bootstrap-servers",
+            "b:1",
+            "--debug",
+            "--log-level",
+            "info",
+        ],
+        ["--debug", "request", "s", "GET", "/", "--log-level", "info", "--bootstrap-servers=b:1"],
+    ],
+)
+def test_global_options_go_before_or_after_the_command(argv: list[str]) -> None:
+    """--bootstrap-servers, --debug and --log-level mean the same on either side."""
+    args = build_parser().parse_args(argv)
+    assert (args.bootstrap_servers, args.debug, args.log_level) == ("b:1", True, "info")
+
+
+def test_an_option_after_the_command_wins_over_one_before() -> None:
+    """Given on both sides, the later (after the command) value is used."""
+    args = build_parser().parse_args(
+        ["--bootstrap-servers", "a:1", "dead-letters", "list", "s", "--bootstrap-servers", "b:1"]
+    )
+    assert args.bootstrap_servers == "b:1"
+
+
+def test_not_given_the_global_options_keep_their_defaults() -> None:
+    """Without them, every command sees the top-level defaults."""
+    for argv in (["run", "m:app"], ["topics", "ensure", "s"], ["send", "s", "POST", "/"]):
+        args = build_parser().parse_args(argv)
+        assert (args.bootstrap_servers, args.debug, args.log_level) == (None, False, None)
+
+
+def test_run_takes_root_path_and_access_log_switches() -> None:
+    """--root-path and --access-log/--no-access-log reach the run command."""
+    parse = build_parser().parse_args
+    assert parse(["run", "m:app", "--root-path", "/api"]).root_path == "/api"
+    assert parse(["run", "m:app"]).access_log is None  # the setting decides
+    assert parse(["run", "m:app", "--no-access-log"]).access_log is False
+    assert parse(["run", "m:app", "--access-log"]).access_log is True
+
+
+def test_workers_do_not_inherit_a_worker_index() -> None:
+    """The parent's argv loses --workers and --worker-index before each worker gets its own."""
+    argv = ["run", "m:app", "--workers", "2", "--worker-index=1", "--health-port", "9"]
+    assert _without_options(argv, ("--workers", "--health-port", "--worker-index")) == [
+        "run",
+        "m:app",
+    ]
+
+
+def test_a_long_body_is_cut_unless_full() -> None:
+    """A body longer than the preview is cut with its size; --full shows all, one line."""
+    body = ("x" * BODY_PREVIEW + "tail\n").encode()
+    cut = _body_text(body, full=False)
+    assert cut.startswith("x" * BODY_PREVIEW) and "tail" not in cut
+    assert f"({len(body)} bytes; --full shows all)" in cut
+    assert _body_text(body, full=True) == "x" * BODY_PREVIEW + "tail\\n"
+    assert _body_text(b"\xff{}", full=False) == "\\xff{}"

@@ -1,0 +1,85 @@
+"""Replayed dead letters are marked in their topic; topic creation logs what it created."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from kourier import admin, protocol
+from kourier.server.serve import H_DEAD_ATTEMPTS, H_DEAD_REASON, H_DEAD_SOURCE
+from kourier.settings import Settings
+from kourier.transports import kafka_transport
+from kourier.transports.base import TopicSpec, Transport
+from tests.conftest import TransportFactory, kafka_bootstrap, unique_prefix
+
+pytestmark = pytest.mark.timeout(90)
+
+
+async def dead_letter(transport: Transport, settings: Settings, request_id: str) -> None:
+    request = protocol.Request(request_id, "POST", "/orders", body=b'{"item": "book"}')
+    key, value, headers = protocol.encode_request(request)
+    headers += [
+        (H_DEAD_REASON, b"handler failed with status 500 after 3 attempts"),
+        (H_DEAD_SOURCE, b"x.requests[0]@1"),
+        (H_DEAD_ATTEMPTS, b"3"),
+    ]
+    topic = settings.dead_letter_topic("orders")
+    await (await transport.publish(topic, value, key=key, headers=headers, partition=0))
+
+
+async def test_replay_marks_the_letters_it_replayed(
+    settings: Settings, make_transport: TransportFactory
+) -> None:
+    """After a replay, listing marks that letter replayed, not the others, and the marker
+    record itself is not listed as a letter."""
+    transport = make_transport()
+    await transport.start()
+    try:
+        await admin.ensure_topics(transport, settings, "orders")
+        await dead_letter(transport, settings, "first")
+        await dead_letter(transport, settings, "second")
+        letters = await admin.read_dead_letters(transport, settings, "orders")
+        assert [(lt.header("kourier-id"), lt.replayed) for lt in letters] == [
+            ("first", False),
+            ("second", False),
+        ]
+        assert letters[0].record.value == b'{"item": "book"}'
+        assert await admin.replay(transport, settings, "orders", letters[:1]) == 1
+        again = await admin.read_dead_letters(transport, settings, "orders")
+        assert [(lt.header("kourier-id"), lt.replayed) for lt in again] == [
+            ("first", True),
+            ("second", False),
+        ]
+        assert again[0].position == letters[0].position
+    finally:
+        await transport.stop()
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("library", ["aiokafka", "confluent"])
+async def test_only_the_process_that_created_a_topic_logs_it(
+    library: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two transports creating the same topics at once: each topic is logged created once."""
+    settings = Settings(
+        bootstrap_servers=kafka_bootstrap(), kafka_client=library, topic_prefix=unique_prefix()
+    )
+    specs = [TopicSpec(f"{settings.topic_prefix}t{i}", 1, 1) for i in range(3)]
+    first, second = kafka_transport(settings), kafka_transport(settings)
+    await first.start()
+    await second.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="kourier.transports"):
+            await asyncio.gather(first.ensure_topics(specs), second.ensure_topics(specs))
+    finally:
+        await first.stop()
+        await second.stop()
+    created = [
+        name
+        for record in caplog.records
+        if record.getMessage().startswith("created topics ")
+        for name in record.getMessage().removeprefix("created topics ").split(", ")
+    ]
+    assert sorted(created) == sorted(spec.name for spec in specs)
