@@ -176,3 +176,19 @@ def test_dead_letters_show_their_body_and_their_replay(
     assert again.returncode == 0, again.stderr
     assert "skipping 1 dead letters replayed before" in again.stdout
     assert "replayed 1 dead letters" in again.stdout
+
+
+def test_a_misspelt_variable_is_named_at_start(env: dict[str, str]) -> None:
+    """A misspelt KOURIER_* variable is warned about once, naming the right one."""
+    result = kourier({**env, "KOURIER_PARTITONS": "3"}, "topics", "describe", "nosuch")
+    warnings = [line for line in result.stderr.splitlines() if "KOURIER_PARTITONS" in line]
+    assert len(warnings) == 1, result.stderr
+    assert "did you mean KOURIER_PARTITIONS?" in warnings[0]
+
+
+def test_contradictory_settings_stop_the_command(env: dict[str, str]) -> None:
+    """A SASL mechanism with PLAINTEXT stops the command with exit 2, naming both."""
+    result = kourier({**env, "KOURIER_SASL_MECHANISM": "PLAIN"}, "topics", "describe", "x")
+    assert result.returncode == 2
+    assert "sasl_mechanism: is set but security_protocol is PLAINTEXT" in result.stderr
+    assert "Traceback" not in result.stderr
