@@ -15,11 +15,14 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
+from starlette.middleware.httpsredirect import HTTPSRedirectMiddleware
 
 from kourier import Client, KourierTransport, Service, Settings
 from kourier.protocol import ReplyAddress
 from kourier.protocol import Request as Envelope
 from kourier.server.asgi import ONE_WAY_CLIENT, build_scope
+from kourier.transports.memory import MemoryBroker, MemoryTransport
 from tests.conftest import TransportFactory
 from tests.scope_app import app
 
@@ -161,3 +164,32 @@ def test_no_root_path_leaves_the_path_alone() -> None:
     """Without a root path, path and raw_path are the caller's, root_path is empty."""
     scope = build_scope(Envelope("1", "GET", "/a%2Fb?q=1"), "orders", None)
     assert (scope["root_path"], scope["path"], scope["raw_path"]) == ("", "/a/b", b"/a%2Fb")
+
+
+async def test_openapi_servers_and_https_redirects_see_the_scope() -> None:
+    """FastAPI's OpenAPI names the root path as its server; HTTPSRedirectMiddleware lets
+    https:// callers through and redirects http:// ones once, as behind a TLS proxy."""
+    api = FastAPI()
+    api.add_middleware(HTTPSRedirectMiddleware)
+
+    @api.get("/ping")
+    async def ping() -> dict[str, str]:
+        return {"pong": "yes"}
+
+    broker = MemoryBroker()
+    settings = Settings(root_path=ROOT)
+    async with (
+        Service(api, "orders", settings, transport=MemoryTransport(broker)),
+        Client(settings, transport=MemoryTransport(broker)) as client,
+    ):
+        async with httpx.AsyncClient(
+            transport=KourierTransport(client), base_url="https://orders"
+        ) as http:
+            assert (await http.get("/ping")).json() == {"pong": "yes"}
+            assert (await http.get("/openapi.json")).json()["servers"] == [{"url": ROOT}]
+        async with httpx.AsyncClient(
+            transport=KourierTransport(client), base_url="http://orders"
+        ) as http:
+            redirect = await http.get("/ping")
+    assert redirect.status_code == 307
+    assert redirect.headers["location"] == "https://orders/api/ping"
