@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from kourier import __version__
-from kourier.cli import build_parser
+from kourier.cli import accept_global_options_after_commands, build_parser
 from kourier.cli.admin import BODY_PREVIEW, _body_text
 from kourier.cli.run import _without_options
 
@@ -93,3 +95,16 @@ def test_a_long_body_is_cut_unless_full() -> None:
     assert f"({len(body)} bytes; --full shows all)" in cut
     assert _body_text(body, full=True) == "x" * BODY_PREVIEW + "tail\\n"
     assert _body_text(b"\xff{}", full=False) == "\\xff{}"
+
+
+def test_a_command_with_its_own_debug_option_keeps_it() -> None:
+    """A command (or sub-command) that defines a global option itself is not refused."""
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    own = sub.add_parser("own")
+    own.add_argument("--debug", type=int)
+    nested = own.add_subparsers(dest="inner").add_parser("inner")
+    accept_global_options_after_commands(parser)
+    args = parser.parse_args(["own", "--debug", "3", "inner", "--bootstrap-servers", "b:1"])
+    assert (args.debug, args.bootstrap_servers) == (3, "b:1")
+    assert "--log-level" in nested._option_string_actions

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from kourier import __version__
 from kourier.cli import admin, call, run
@@ -70,38 +70,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_global_options(parser: argparse._ActionsContainer, *, default: object = None) -> None:
-    """The options every command takes, before or after its name."""
-    parser.add_argument(
-        "--debug", action="store_true", default=default or False, help="show tracebacks on errors"
-    )
-    parser.add_argument(
-        "--bootstrap-servers",
-        metavar="HOST:PORT[,...]",
-        default=default,
-        help="Kafka brokers (default: KOURIER_BOOTSTRAP_SERVERS or 127.0.0.1:9092)",
-    )
-    parser.add_argument(
-        "--log-level",
-        choices=["debug", "info", "warning", "error"],
-        default=default,
-        help="default: info for run, warning for the other commands",
-    )
+def add_global_options(
+    parser: argparse._ActionsContainer, *, default: object = None, skip: Collection[str] = ()
+) -> None:
+    """The options every command takes, before or after its name (less those in ``skip``,
+    which a command defines itself)."""
+    if "--debug" not in skip:
+        parser.add_argument(
+            "--debug",
+            action="store_true",
+            default=default or False,
+            help="show tracebacks on errors",
+        )
+    if "--bootstrap-servers" not in skip:
+        parser.add_argument(
+            "--bootstrap-servers",
+            metavar="HOST:PORT[,...]",
+            default=default,
+            help="Kafka brokers (default: KOURIER_BOOTSTRAP_SERVERS or 127.0.0.1:9092)",
+        )
+    if "--log-level" not in skip:
+        parser.add_argument(
+            "--log-level",
+            choices=["debug", "info", "warning", "error"],
+            default=default,
+            help="default: info for run, warning for the other commands",
+        )
 
 
 def accept_global_options_after_commands(parser: argparse.ArgumentParser) -> None:
     """Give every command (and sub-command) the global options too.
 
     Their default there is SUPPRESS: a command's parser sets them only when they are
-    given after the command, so ``kourier --debug request ...`` still counts.
+    given after the command, so ``kourier --debug request ...`` still counts. A command
+    that defines one of them itself keeps its own.
     """
     for action in parser._actions:
         if not isinstance(action, argparse._SubParsersAction):
             continue
         for command in {id(p): p for p in action.choices.values()}.values():
-            if "--bootstrap-servers" not in command._option_string_actions:
-                group = command.add_argument_group("global options (also before the command)")
-                add_global_options(group, default=argparse.SUPPRESS)
+            group = command.add_argument_group("global options (also before the command)")
+            add_global_options(
+                group, default=argparse.SUPPRESS, skip=set(command._option_string_actions)
+            )
             accept_global_options_after_commands(command)
 
 
