@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
+from typing import Any
 
 import pytest
 
 from kourier import admin, protocol
+from kourier.errors import BrokerError
 from kourier.server.serve import H_DEAD_ATTEMPTS, H_DEAD_REASON, H_DEAD_SOURCE
 from kourier.settings import Settings
 from kourier.transports import kafka_transport
 from kourier.transports.base import TopicSpec, Transport
+from kourier.transports.memory import MemoryBroker, MemoryTransport
 from tests.conftest import TransportFactory, kafka_bootstrap, unique_prefix
 
 pytestmark = pytest.mark.timeout(90)
@@ -83,3 +87,29 @@ async def test_only_the_process_that_created_a_topic_logs_it(
         for name in record.getMessage().removeprefix("created topics ").split(", ")
     ]
     assert sorted(created) == sorted(spec.name for spec in specs)
+
+
+async def test_a_replay_that_cannot_be_marked_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """If the marker cannot be written, the replay still counts and a warning names the
+    letters that will not show as replayed."""
+    settings = Settings(topic_prefix=unique_prefix(), partitions=1)
+    transport = MemoryTransport(MemoryBroker())
+    await transport.start()
+    try:
+        await admin.ensure_topics(transport, settings, "orders")
+        await dead_letter(transport, settings, "first")
+        letters = await admin.read_dead_letters(transport, settings, "orders", idle=0.1)
+        publish = transport.publish
+
+        async def refuse_markers(topic: str, value: bytes, **options: Any) -> Awaitable[None]:
+            if topic == settings.dead_letter_topic("orders"):
+                raise BrokerError("not authorised to use topic")
+            return await publish(topic, value, **options)
+
+        with caplog.at_level(logging.WARNING, logger="kourier.admin"):
+            transport.publish = refuse_markers  # type: ignore[method-assign]
+            assert await admin.replay(transport, settings, "orders", letters) == 1
+        assert "could not mark them replayed" in caplog.text
+        assert letters[0].position in caplog.text
+    finally:
+        await transport.stop()

@@ -10,13 +10,17 @@ that listing shows which letters were replayed and ``replay --all`` skips them.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kourier import protocol
+from kourier.errors import BrokerError
 from kourier.server.serve import H_DEAD_ATTEMPTS, H_DEAD_REASON, H_DEAD_SOURCE
 from kourier.settings import Settings
 from kourier.transports.base import Record, TopicInfo, TopicSpec, Transport
+
+logger = logging.getLogger("kourier.admin")
 
 _DEAD_HEADERS = (H_DEAD_REASON, H_DEAD_SOURCE, H_DEAD_ATTEMPTS)
 #: On a replay marker: ``<partition>:<offset>`` of the dead letter that was replayed.
@@ -139,7 +143,17 @@ async def replay(
         )
     for ack in acks:
         await ack
-    await _mark_replayed(transport, settings.dead_letter_topic(service), letters)
+    try:
+        await _mark_replayed(transport, settings.dead_letter_topic(service), letters)
+    except BrokerError as exc:
+        # The copies are in: failing here would read as "not replayed" and invite a
+        # second replay. Say which letters will not show as replayed instead.
+        logger.warning(
+            "replayed %d dead letters but could not mark them replayed (%s): %s",
+            len(letters),
+            exc,
+            ", ".join(letter.position for letter in letters),
+        )
     return len(acks)
 
 
