@@ -234,3 +234,8 @@ def test_reference_module_runs_as_a_script() -> None:
         check=True,
     ).stdout
     assert out == render()
+
+
+def test_an_empty_sasl_variable_counts_as_unset() -> None:
+    """KOURIER_SASL_MECHANISM= (empty, as compose files write it) with PLAINTEXT passes."""
+    assert Settings.from_env({"KOURIER_SASL_MECHANISM": ""}).security_protocol == "PLAINTEXT"

@@ -296,7 +296,7 @@ def _check_consistency(settings: Settings) -> None:
     protocol = settings.security_protocol
     if not protocol.startswith("SASL"):
         for name in ("sasl_mechanism", "sasl_username", "sasl_password"):
-            if getattr(settings, name) is not None:
+            if getattr(settings, name) not in (None, ""):  # VAR= in a compose file is unset
                 raise SettingsError(
                     f"{name}: is set but security_protocol is {protocol}, which does not use "
                     "SASL; set security_protocol to SASL_PLAINTEXT or SASL_SSL, "
@@ -304,7 +304,7 @@ def _check_consistency(settings: Settings) -> None:
                 )
     if not protocol.endswith("SSL"):
         for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-            if getattr(settings, name) is not None:
+            if getattr(settings, name) not in (None, ""):
                 raise SettingsError(
                     f"{name}: is set but security_protocol is {protocol}, which does not use "
                     f"TLS; set security_protocol to SSL or SASL_SSL, or unset {name}"
