@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,7 @@ from kourier import Client, Service, Settings
 from kourier.gateway import Gateway
 from kourier.gateway.asgi import ASGIApp, Message
 from kourier.transports.memory import MemoryBroker, MemoryTransport
-from tests.conftest import unique_prefix
+from tests.conftest import TransportFactory, unique_prefix
 from tests.gateway import app as service_app
 
 
@@ -29,7 +29,6 @@ class Stack:
     """A service ``shop`` and a started client, on one in-memory broker."""
 
     settings: Settings
-    broker: MemoryBroker
     client: Client
     exit: AsyncExitStack
 
@@ -37,27 +36,39 @@ class Stack:
         return Gateway(self.client, **options)
 
 
+@asynccontextmanager
+async def started_stack(
+    settings: Settings, make_transport: TransportFactory
+) -> AsyncIterator[Stack]:
+    """Service ``shop`` and a started client on the broker ``make_transport`` reaches."""
+    service_app.events.clear()
+    async with AsyncExitStack() as exit:
+        await exit.enter_async_context(
+            Service(service_app.app, "shop", settings, transport=make_transport())
+        )
+        transport = make_transport()
+        await transport.start()
+        exit.push_async_callback(transport.stop)
+        client = await exit.enter_async_context(Client(settings, transport=transport))
+        yield Stack(settings, client, exit)
+
+
 @pytest.fixture
 async def stack() -> AsyncIterator[Stack]:
+    """A stack on the in-memory broker."""
     settings = Settings(
         topic_prefix=unique_prefix(), partitions=2, reply_partitions=2, default_timeout=5.0
     )
     broker = MemoryBroker()
-    service_app.events.clear()
-    async with AsyncExitStack() as exit:
-        await exit.enter_async_context(
-            Service(service_app.app, "shop", settings, transport=MemoryTransport(broker))
-        )
-        client = await exit.enter_async_context(
-            Client(settings, transport=await _started(exit, MemoryTransport(broker)))
-        )
-        yield Stack(settings, broker, client, exit)
+    async with started_stack(settings, lambda: MemoryTransport(broker)) as stack:
+        yield stack
 
 
-async def _started(exit: AsyncExitStack, transport: MemoryTransport) -> MemoryTransport:
-    await transport.start()
-    exit.push_async_callback(transport.stop)
-    return transport
+@pytest.fixture
+async def any_stack(settings: Settings, make_transport: TransportFactory) -> AsyncIterator[Stack]:
+    """A stack on each backend: in memory, and real Kafka through both client libraries."""
+    async with started_stack(settings, make_transport) as stack:
+        yield stack
 
 
 def http(app: ASGIApp) -> httpx.AsyncClient:

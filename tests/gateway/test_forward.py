@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Mapping
 import pytest
 
 from kourier.errors import ServiceNotFound, ServiceUnavailable
-from kourier.gateway import Gateway, Limits, StaticCatalog
+from kourier.gateway import Limits, StaticCatalog
 from kourier.gateway.catalog import ListedService, ServiceView
 from tests.gateway.app import events
 from tests.gateway.conftest import Exchange, Stack, drive, http
@@ -230,20 +230,17 @@ async def test_a_caller_leaving_mid_stream_stops_the_stream(stack: Stack) -> Non
 
 
 async def test_probes_and_metrics(stack: Stack) -> None:
-    """/livez and /readyz answer 200; /metrics counts what the gateway refused."""
-    from kourier.gateway.metrics import GatewayStats, registry_for
-
-    stats = GatewayStats()
-    found = registry_for(stats)
-    assert found is not None
-    gateway = Gateway(stack.client, stats=stats, metrics_registry=found[0])
-    async with http(gateway) as client:
+    """/livez and /readyz answer 200; /metrics counts refusals and the calls made."""
+    async with http(stack.gateway()) as client:
         assert (await client.get("/livez")).status_code == 200
         assert (await client.get("/readyz")).status_code == 200
         assert (await client.get("/")).status_code == 404
+        assert (await client.get("/shop/items")).status_code == 200
         metrics = (await client.get("/metrics")).text
     assert 'kourier_gateway_refused_total{reason="no_route"} 1.0' in metrics
+    assert 'kourier_gateway_replies_total{code="2xx"} 1.0' in metrics
     assert "kourier_gateway_in_flight 0.0" in metrics
+    assert 'kourier_client_requests_total{method="GET",outcome="2xx",service="shop"}' in metrics
 
 
 async def test_readyz_fails_when_the_broker_does_not_answer(

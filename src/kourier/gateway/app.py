@@ -64,10 +64,14 @@ class Gateway:
     ) -> None:
         self.client = client
         self.settings: Settings = client.settings
-        self.catalog = catalog if catalog is not None else registry_of(client)
+        if catalog is None and (registry := registry_of(client)) is not None:
+            catalog = CachedCatalog(registry)
+        self.catalog = catalog
         self.routing: Routing = routing if routing is not None else PathRouting()
         self.limits = limits if limits is not None else Limits(client.settings.max_request_bytes)
         self.stats = stats if stats is not None else GatewayStats()
+        if metrics_registry is None:
+            metrics_registry = self._metrics_registry(client)
         self.metrics_registry = metrics_registry
         timeout = default_timeout if default_timeout is not None else self.settings.default_timeout
         if not 0 < timeout <= max_timeout:
@@ -98,10 +102,7 @@ class Gateway:
         the service registry decides, if the client has one.
         """
         settings = settings if settings is not None else Settings.from_env()
-        stats = GatewayStats()
-        prometheus = registry_for(stats)
-        registry, client_metrics = prometheus if prometheus is not None else (None, None)
-        client = Client(settings, metrics=client_metrics)
+        client = Client(settings)
         names = None if services is None else list(services)
         registry_catalog = registry_of(client)
         catalog: Catalog | None = None
@@ -109,9 +110,20 @@ class Gateway:
             catalog = CachedCatalog(registry_catalog, only=names)
         elif names is not None:
             catalog = StaticCatalog(names)
-        gateway = cls(client, catalog=catalog, stats=stats, metrics_registry=registry, **options)
+        gateway = cls(client, catalog=catalog, **options)
         gateway._owns_client = True
         return gateway
+
+    def _metrics_registry(self, client: Client) -> Any:
+        """A Prometheus registry with the gateway's counters, and the client's call
+        metrics on it when the client has none; None without prometheus-client."""
+        found = registry_for(self.stats)
+        if found is None:
+            return None
+        registry, client_metrics = found
+        if client.metrics is None:
+            client.metrics = client_metrics
+        return registry
 
     async def start(self) -> None:
         if self._owns_client:
@@ -148,6 +160,17 @@ class Gateway:
                 await self.forward(scope, receive, send, route)
         except Problem as problem:
             self.stats.refused[_reason(problem)] += 1
+            # The caller is told; the log says it too where the fault is not the caller's.
+            log = logger.warning if problem.status >= 500 else logger.debug
+            request_id = problem.extra.get("request_id") or "-"
+            log(
+                "%s %s: %d %s (request %s)",
+                scope["method"],
+                path,
+                problem.status,
+                problem.detail,
+                request_id,
+            )
             await problem.send(send, instance=path)
         except ClientGone:
             self.stats.disconnects += 1

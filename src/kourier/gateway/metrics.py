@@ -96,8 +96,8 @@ class StatsCollector:
 
 
 def registry_for(stats: GatewayStats) -> tuple[CollectorRegistry, Any] | None:
-    """A registry exposing ``stats`` and a ``ClientMetrics`` on it; None without
-    prometheus-client."""
+    """A registry exposing ``stats`` and the process's metrics, and a ``ClientMetrics``
+    on it for the gateway's calls; None without prometheus-client."""
     from kourier.ops.metrics import ClientMetrics, add_process_metrics, prometheus_available
 
     if not prometheus_available():
