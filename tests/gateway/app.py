@@ -68,6 +68,17 @@ async def server_sent_events(n: int = 3) -> StreamingResponse:
     return StreamingResponse(events_stream(), media_type="text/event-stream")
 
 
+@app.get("/broken")
+async def broken() -> StreamingResponse:
+    """One NDJSON line, then the handler fails mid-stream."""
+
+    async def lines() -> AsyncIterator[str]:
+        yield '{"i": 0}\n'
+        raise RuntimeError("failed mid-stream on purpose")
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
 @app.get("/slow")
 async def slow(tag: str, seconds: float = 30.0) -> dict[str, str]:
     """Sleep; record ``cancelled <tag>`` if the handler is cancelled first."""

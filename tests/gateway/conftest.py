@@ -57,7 +57,12 @@ async def started_stack(
 async def stack() -> AsyncIterator[Stack]:
     """A stack on the in-memory broker."""
     settings = Settings(
-        topic_prefix=unique_prefix(), partitions=2, reply_partitions=2, default_timeout=5.0
+        topic_prefix=unique_prefix(),
+        partitions=2,
+        reply_partitions=2,
+        default_timeout=5.0,
+        # Handlers a test walked away from (no cancellation yet) must not hold teardown.
+        drain_timeout=1.0,
     )
     broker = MemoryBroker()
     async with started_stack(settings, lambda: MemoryTransport(broker)) as stack:

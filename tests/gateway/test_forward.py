@@ -8,7 +8,13 @@ from collections.abc import AsyncIterator, Mapping
 
 import pytest
 
-from kourier.errors import ServiceNotFound, ServiceUnavailable
+from kourier.errors import (
+    BrokerError,
+    RequestTooLarge,
+    ServiceNotFound,
+    ServiceUnavailable,
+    StreamBroken,
+)
 from kourier.gateway import Limits, StaticCatalog
 from kourier.gateway.catalog import ListedService, ServiceView
 from tests.gateway.app import events
@@ -62,6 +68,19 @@ async def test_server_sent_events_pass_through(stack: Stack) -> None:
     assert exchange.body == b"id: 0\ndata: tick 0\n\nid: 1\ndata: tick 1\n\n"
 
 
+async def test_a_reply_that_breaks_mid_stream_is_cut_short(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A service failing after its status went out leaves the body without its end."""
+    gateway = stack.gateway()
+    exchange = await drive(gateway, "GET", "/shop/broken")
+    assert exchange.status == 200
+    assert exchange.body == b'{"i": 0}\n'
+    assert not exchange.complete
+    assert gateway.stats.broken == 1
+    assert "reply broke after its status was sent" in caplog.text
+
+
 async def test_prefer_respond_async_answers_202_once_the_broker_has_it(stack: Stack) -> None:
     """A one-way call gets 202 with its request id, and the service handles it."""
     async with http(stack.gateway()) as client:
@@ -83,7 +102,7 @@ async def test_deadline_from_the_timeout_header_gives_504(stack: Stack) -> None:
     gateway = stack.gateway()
     async with http(gateway) as client:
         response = await client.get(
-            "/shop/slow?tag=t504&seconds=5", headers={"X-Kourier-Timeout": "0.3"}
+            "/shop/slow?tag=t504&seconds=2", headers={"X-Kourier-Timeout": "0.3"}
         )
     assert response.status_code == 504
     assert response.headers["content-type"] == "application/problem+json"
@@ -146,12 +165,19 @@ async def test_the_allow_list_limits_the_services(stack: Stack) -> None:
 
 @pytest.mark.parametrize(
     ("error", "status"),
-    [(ServiceNotFound("no service 'shop'"), 404), (ServiceUnavailable("none live"), 503)],
+    [
+        (ServiceNotFound("no service 'shop'; did you mean 'shops'?"), 404),
+        (ServiceUnavailable("no live instance of 'shop'"), 503),
+        (StreamBroken("the service failed while answering"), 502),
+        (BrokerError("no broker answered"), 503),
+        (RequestTooLarge("request body too large"), 413),
+    ],
 )
-async def test_the_registrys_call_errors_map_to_404_and_503(
+async def test_call_errors_map_to_problems(
     stack: Stack, monkeypatch: pytest.MonkeyPatch, error: Exception, status: int
 ) -> None:
-    """When the client itself fails fast (the registry), the gateway says so in HTTP."""
+    """When the call itself fails (the registry's fail-fast checks among others), the
+    caller gets the matching problem status, for two-way and one-way calls alike."""
 
     def failing(*args: object, **kwargs: object) -> object:
         raise error
@@ -159,9 +185,14 @@ async def test_the_registrys_call_errors_map_to_404_and_503(
     monkeypatch.setattr(stack.client, "stream", failing)
     monkeypatch.setattr(stack.client, "send", failing)
     async with http(stack.gateway()) as client:
-        assert (await client.get("/shop/items")).status_code == status
+        two_way = await client.get("/shop/items")
         one_way = await client.post("/shop/record", headers={"Prefer": "respond-async"})
-        assert one_way.status_code == status
+    for response in (two_way, one_way):
+        assert response.status_code == status
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["status"] == status
+    if status == 404:
+        assert "did you mean" in two_way.json()["detail"]
 
 
 async def test_a_body_over_the_limit_is_413(stack: Stack) -> None:
@@ -204,7 +235,7 @@ async def test_a_caller_that_goes_away_cancels_its_call(stack: Stack) -> None:
 
     started = asyncio.get_running_loop().time()
     exchange = await drive(
-        gateway, "GET", "/shop/slow", query=b"tag=gone&seconds=10", disconnect=leave_soon
+        gateway, "GET", "/shop/slow", query=b"tag=gone&seconds=3", disconnect=leave_soon
     )
     assert asyncio.get_running_loop().time() - started < 2
     assert exchange.status == 0  # nothing was sent to a caller who is gone
@@ -220,7 +251,7 @@ async def test_a_caller_leaving_mid_stream_stops_the_stream(stack: Stack) -> Non
         await exchange.body_seen.wait()
 
     exchange = await drive(
-        gateway, "GET", "/shop/items", query=b"n=50&delay=0.2", disconnect=after_first_line
+        gateway, "GET", "/shop/items", query=b"n=10&delay=0.3", disconnect=after_first_line
     )
     assert exchange.status == 200
     assert not exchange.complete

@@ -160,7 +160,7 @@ class Forwarder:
             return
         try:
             services = await self.catalog.services()
-        except KourierError as exc:
+        except Exception as exc:
             # The call itself still fails fast if the service is missing.
             logger.warning(
                 "could not read the service catalog (%s); calling %r anyway", exc, service
@@ -242,6 +242,11 @@ class Forwarder:
         error = call.exception()
         if error is None:
             return
+        if gone.done() and not gone.cancelled():
+            # Sending to a caller who left may fail: that is the disconnect, not a fault.
+            self.stats.disconnects += 1
+            logger.info("request %s to %r: the caller went away", request_id, route.service)
+            return
         if not started.is_set():
             raise error
         # The status is out: the caller sees the body cut short (no final chunk).
@@ -297,7 +302,7 @@ def _problem(
     exc: KourierError, service: str, seconds: float, request_id: str, max_request_bytes: int
 ) -> Problem:
     if isinstance(exc, ServiceNotFound):
-        return problems.not_found(service)
+        return problems.not_found(service, why=str(exc))
     if isinstance(exc, ServiceUnavailable):
         return problems.unavailable(service, f"{exc}.")
     if isinstance(exc, ReplyTimeout):

@@ -59,13 +59,14 @@ class Problem(Exception):
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def not_found(service: str, known: list[str] | None = None) -> Problem:
+def not_found(service: str, known: list[str] | None = None, why: str | None = None) -> Problem:
     hint = f" Known services: {', '.join(sorted(known))}." if known else ""
+    detail = why or f"No service named {service!r} is known to this gateway."
     return Problem(
         404,
         "service-not-found",
         "No such service",
-        f"No service named {service!r} is registered on this cluster.{hint}",
+        detail + hint,
         {"service": service},
     )
 
@@ -112,12 +113,12 @@ def timed_out(service: str, seconds: float, request_id: str | None) -> Problem:
 
 
 def too_large(size: int | None, limit: int) -> Problem:
-    got = f"{size} bytes" if size is not None else "more"
+    got = f"of {size} bytes " if size is not None else ""
     return Problem(
         413,
         "body-too-large",
         "Request body too large",
-        f"The body is {got}; this gateway takes at most {limit} bytes per request.",
+        f"The body {got}is over the limit of {limit} bytes per request.",
         {"limit": limit},
     )
 
