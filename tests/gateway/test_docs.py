@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kourier.gateway import StaticCatalog, asyncapi_document, describe_asyncapi
+from kourier.gateway.catalog import ServiceView
 from kourier.gateway.docs import ASSETS
 from tests.gateway.conftest import Stack, http
 from tests.processes import ROOT
@@ -52,6 +55,55 @@ async def test_docs_page_lists_the_services_and_loads_swagger_ui_locally(stack: 
     # Every script and style sheet is a path on this gateway: nothing from a CDN.
     assert 'src="/docs/static/swagger-ui-bundle.js"' in page
     assert "https://" not in page and "http://" not in page
+
+
+@dataclass(frozen=True)
+class Instance:
+    """An instance as the service registry reports it."""
+
+    instance_id: str
+    host: str
+    pid: int
+    kourier_version: str
+    app_version: str | None
+    live: bool
+
+
+@dataclass(frozen=True)
+class Registered:
+    name: str
+    instances: tuple[Instance, ...]
+    live: bool
+
+
+class Registry:
+    """A fake service registry: shop has two instances, gone has none live."""
+
+    async def services(self) -> Mapping[str, ServiceView]:
+        return {
+            "shop": Registered(
+                "shop",
+                (
+                    Instance("a", "h1", 1, "0.1.0", "1.2.3", True),
+                    Instance("b", "h2", 2, "0.1.0", "1.2.4", True),
+                ),
+                True,
+            ),
+            "gone": Registered("gone", (Instance("c", "h3", 3, "0.1.0", None, False),), False),
+        }
+
+
+async def test_docs_page_shows_instances_versions_and_health(stack: Stack) -> None:
+    """With a registry the table shows instance counts, versions and health."""
+    async with http(stack.gateway(catalog=Registry())) as client:
+        page = (await client.get("/docs")).text
+        services = (await client.get("/docs/services.json")).json()
+    assert '<tr data-service="shop" class="live">' in page
+    assert "<td>2</td><td>1.2.3, 1.2.4</td><td>0.1.0</td><td>live</td>" in page
+    assert '<tr data-service="gone" class="down">' in page
+    assert "no live instance" in page
+    assert services[1]["name"] == "shop"
+    assert [i["app_version"] for i in services[1]["instances"]] == ["1.2.3", "1.2.4"]
 
 
 async def test_openapi_document_comes_over_kafka_with_the_gateway_as_server(

@@ -147,13 +147,18 @@ async def test_unknown_service_in_the_catalog_is_404(stack: Stack) -> None:
     assert "closed, shop" in response.json()["detail"]
 
 
-async def test_service_without_live_instance_is_503(stack: Stack) -> None:
-    """A known service with no live instance is a 503 problem with Retry-After."""
+async def test_service_without_live_instance_is_503_for_two_way_calls(stack: Stack) -> None:
+    """A two-way call to a service with no live instance is a 503 problem with
+    Retry-After; a one-way message is still accepted, to wait in Kafka."""
     async with http(stack.gateway(catalog=Catalog())) as client:
         response = await client.get("/closed/items")
+        one_way = await client.post(
+            "/closed/record", json={"id": "later"}, headers={"Prefer": "respond-async"}
+        )
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
     assert response.json()["service"] == "closed"
+    assert one_way.status_code == 202
 
 
 async def test_the_allow_list_limits_the_services(stack: Stack) -> None:

@@ -122,13 +122,14 @@ class Forwarder:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
         seconds = self.timeout_of(scope)
-        await self._check_service(route.service)
+        one_way = prefers_async(scope)
+        await self._check_service(route.service, two_way=not one_way)
         with self.in_flight.enter():
             body = await read_body(scope, receive, self.limits.max_body_bytes)
             headers = forwarded_headers(scope)
             request_id = protocol.new_request_id()
             try:
-                if prefers_async(scope):
+                if one_way:
                     await self._one_way(scope, route, headers, body, request_id, send)
                 else:
                     await self._two_way(
@@ -155,7 +156,9 @@ class Forwarder:
             )
         return seconds
 
-    async def _check_service(self, service: str) -> None:
+    async def _check_service(self, service: str, *, two_way: bool) -> None:
+        """404 for a service the catalog does not know; 503 for a two-way call to one
+        with no live instance (a one-way message waits in Kafka for the next one)."""
         if self.catalog is None:
             return
         try:
@@ -169,7 +172,7 @@ class Forwarder:
         info = services.get(service)
         if info is None:
             raise problems.not_found(service, sorted(services)[:20])
-        if not info.live:
+        if two_way and not info.live:
             raise problems.unavailable(service, f"No instance of {service!r} is live.")
 
     async def _one_way(

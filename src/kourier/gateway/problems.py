@@ -85,7 +85,8 @@ def unavailable(service: str, why: str) -> Problem:
         503,
         "service-unavailable",
         "Service unavailable",
-        f"{why} Try again later; calls are not queued while no instance is live.",
+        f"{why} Try again later: a two-way call is not queued while no instance is "
+        "live (a one-way call, with 'Prefer: respond-async', is).",
         {"service": service},
         ((b"retry-after", b"1"),),
     )
