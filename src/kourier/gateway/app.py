@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kourier.client import Client
 from kourier.gateway import problems
@@ -30,6 +30,9 @@ from kourier.gateway.problems import Problem
 from kourier.gateway.routing import PathRouting, Routing, raw_path
 from kourier.ops.metrics import INSTALL_HINT
 from kourier.settings import Settings
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 logger = logging.getLogger("kourier.gateway")
 
@@ -60,7 +63,7 @@ class Gateway:
         max_timeout: float = 300.0,
         docs: bool = True,
         stats: GatewayStats | None = None,
-        metrics_registry: Any = None,
+        metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         self.client = client
         self.settings: Settings = client.settings
@@ -114,7 +117,7 @@ class Gateway:
         gateway._owns_client = True
         return gateway
 
-    def _metrics_registry(self, client: Client) -> Any:
+    def _metrics_registry(self, client: Client) -> CollectorRegistry | None:
         """A Prometheus registry with the gateway's counters, and the client's call
         metrics on it when the client has none; None without prometheus-client."""
         found = registry_for(self.stats)
