@@ -13,7 +13,8 @@ from starlette.routing import Mount
 
 from kourier.cli import main
 from kourier.gateway import HostRouting, PathRouting, Route, StaticCatalog
-from kourier.gateway.forward import prefers_async
+from kourier.gateway.forward import HOP_BY_HOP, forwarded_headers, prefers_async
+from kourier.gateway.problems import Problem
 from kourier.settings import check_service_name
 from tests.gateway.conftest import Stack, http
 
@@ -107,3 +108,47 @@ def test_without_uvicorn_the_command_says_how_to_get_it(
     monkeypatch.setattr(builtins, "__import__", no_uvicorn)
     assert main(["gateway"]) == 2
     assert "pip install 'kourier[gateway]'" in capsys.readouterr().err
+
+
+header_names = st.from_regex(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,20}", fullmatch=True).map(str.encode)
+header_lists = st.lists(st.tuples(header_names, st.binary(max_size=30)), max_size=10)
+
+
+@given(header_lists)
+def test_forwarded_headers_drop_hop_by_hop_and_refuse_reserved_names(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    """Whatever the headers, none hop-by-hop is passed on, X-Forwarded-* are added, and a
+    kourier-* name is refused with a 400 problem rather than sent."""
+    scope = {"headers": headers, "client": ("10.1.2.3", 4000), "scheme": "https"}
+    reserved = any(name.lower().startswith(b"kourier-") for name, _ in headers)
+    try:
+        passed = forwarded_headers(scope)
+    except Problem as problem:
+        assert reserved and problem.status == 400
+        return
+    assert not reserved
+    assert not {name for name, _ in passed} & HOP_BY_HOP
+    assert (b"x-forwarded-for", b"10.1.2.3") in passed
+    assert (b"x-forwarded-proto", b"https") in passed
+    kept = [(n.lower(), v) for n, v in headers if n.lower() not in HOP_BY_HOP]
+    assert passed[: len(kept)] == kept
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--timeout", "0"], "default_timeout"),
+        (["--timeout", "400"], "default_timeout"),
+        (["--middleware", "nowhere"], "module:attribute"),
+        (["--host-suffix", "example.com"], "must start with '.'"),
+    ],
+)
+def test_bad_gateway_options_exit_2_with_one_line(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`kourier gateway` with an impossible option exits 2 before serving, saying why."""
+    assert main(["gateway", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1
