@@ -21,7 +21,7 @@ import mimetypes
 from pathlib import Path
 from typing import Any
 
-from kourier.errors import KourierError, ReplyTimeout
+from kourier.errors import KourierError, ReplyTimeout, ServiceNotFound
 from kourier.gateway import asyncapi, problems
 from kourier.gateway.asgi import Scope, Send, answer, answer_json, base_url
 from kourier.gateway.catalog import Catalog, ServiceView
@@ -125,6 +125,9 @@ class DocsPage:
             return
         except ReplyTimeout:
             await problems.timed_out(service, self.openapi.timeout, None).send(send)
+            return
+        except ServiceNotFound as exc:
+            await problems.not_found(service, why=str(exc)).send(send)
             return
         except KourierError as exc:
             await problems.unavailable(service, f"{exc}.").send(send)
