@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from kourier.cli import admin, call, run
+from kourier.cli import admin, call, kafka, run
 from kourier.cli.common import (
     EXIT_BROKER,
     EXIT_HTTP_ERROR,
@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_parser(sub)
     call.add_parsers(sub)
     admin.add_parsers(sub)
+    kafka.add_parsers(sub)
     return parser
 
 
