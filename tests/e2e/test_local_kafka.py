@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from kourier.localkafka.layout import cache_root
 from kourier.localkafka.processes import stray_pids
 from kourier.settings import Settings
 from kourier.transports import kafka_transport
@@ -168,3 +169,31 @@ def test_stop_leaves_nothing_running(broker: Broker) -> None:
     assert stopped.returncode == 0, stopped.stderr
     assert broker.run("status").returncode == 1
     assert stray_pids(broker.folder.resolve()) == []
+
+
+def test_start_from_kafka_home(broker: Broker, tmp_path: Path) -> None:
+    """With KAFKA_HOME naming an unpacked Kafka, start runs the broker from its libs/
+    folder (here a distribution made of the cached jars), and stop ends it."""
+    cached = Path(broker.env.get("KOURIER_CACHE_DIR") or cache_root()) / "kafka-4.4.0" / "lib"
+    if not cached.is_dir():
+        pytest.skip(f"no cached 4.4.0 jars in {cached} to make a distribution of")
+    libs = tmp_path / "kafka_2.13-4.4.0" / "libs"
+    libs.mkdir(parents=True)
+    for jar in cached.glob("*.jar"):
+        (libs / jar.name).symlink_to(jar)
+    env = {name: value for name, value in broker.env.items() if name != "KOURIER_KAFKA_VERSION"}
+    home = Broker(
+        {**env, "KAFKA_HOME": str(libs.parent), "KOURIER_KAFKA_DIR": str(tmp_path / "rt")},
+        tmp_path / "rt",
+        free_base_port(),
+        "",
+    )
+    try:
+        started = home.run("start", "--port", str(home.port), "--timeout", "150")
+        assert started.returncode == 0, started.stderr[-3000:]
+        assert f"Apache Kafka 4.4.0 from KAFKA_HOME ({libs})" in started.stderr
+        assert started.stdout.splitlines()[-1] == f"KOURIER_BOOTSTRAP_SERVERS={home.bootstrap}"
+        assert home.run("status").returncode == 0
+    finally:
+        assert home.run("stop").returncode == 0
+    assert stray_pids(home.folder) == []

@@ -50,8 +50,7 @@ def _certs_dir() -> Path:
 
 
 def _processes(state: State, java: str | None = None) -> NodeProcesses:
-    # Inspecting needs no java; launching does, and asks for it with require_java().
-    return NodeProcesses(state, java or java_lookup.find_java() or "java", _log4j_file())
+    return NodeProcesses(state, _log4j_file(), java)
 
 
 def _env_extra(state: State) -> list[tuple[str, str]]:
@@ -110,8 +109,6 @@ def _already_running(state: State, args: argparse.Namespace) -> int:
         )
     processes = _processes(state)
     down = [n for n in state.node_list() if not processes.alive(n)]
-    if down:
-        processes.java = java_lookup.require_java()
     for node in down:
         say(f"node {node.id} is down: restarting it (no reformat)")
         processes.launch(node)
@@ -134,7 +131,7 @@ def _fresh_start(args: argparse.Namespace) -> int:
         cluster_id=new_cluster_id(),
     )
     nodes = state.node_list()
-    processes = NodeProcesses(state, java, _log4j_file())
+    processes = _processes(state, java)
     # Leftovers of an earlier run (a lost pid file): nothing of ours may keep running.
     strays = stray_pids(runtime_dir())
     if strays:
@@ -284,7 +281,6 @@ def cmd_start_node(args: argparse.Namespace) -> int:
             say(f"node {node.id} is already running")
         else:
             began = time.monotonic()
-            processes.java = java_lookup.require_java()
             # Keep the old log for post-mortems; the data is reused, not reformatted.
             log = node.logs / "server.log"
             if log.exists():

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from kourier.localkafka.config import SASL_PASSWORD, SASL_USER, SCRAM_MECHANISMS
 from kourier.localkafka.console import LocalKafkaError, say
+from kourier.localkafka.java import require_java
 from kourier.localkafka.layout import Node, State
 
 BROKER_JVM_FLAGS = [
@@ -154,9 +155,9 @@ def node_log_tail(node: Node, lines: int = 40) -> str:
 class NodeProcesses:
     """Start, stop and inspect the JVMs of one broker."""
 
-    def __init__(self, state: State, java: str, log4j_config: Path) -> None:
+    def __init__(self, state: State, log4j_config: Path, java: str | None = None) -> None:
         self.state = state
-        self.java = java
+        self._java_path = java  # looked up when first needed: inspecting needs no Java
         self.log4j_config = log4j_config
         # Launched by this process: alive even before the JVM has exec'd.
         self.children: dict[int, subprocess.Popen[bytes]] = {}
@@ -176,8 +177,10 @@ class NodeProcesses:
         return f"pid {pid}" + (f", RSS {rss / 1024:.0f} MiB" if rss else "")
 
     def _java(self, flags: list[str], log_dir: Path, main: str, *args: str) -> list[str]:
+        if self._java_path is None:
+            self._java_path = require_java()
         return [
-            self.java,
+            self._java_path,
             *flags,
             f"-Dlog4j2.configurationFile={self.log4j_config}",
             f"-Dkafka.logs.dir={log_dir}",
