@@ -100,6 +100,18 @@ def test_start_uses_an_external_broker_that_answers(
     assert "not managed here: nothing to stop" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("name", "value"), [("KOURIER_KAFKA_RUNTIME", "docker"), ("KOURIER_KAFKA_IMAGE", "x:1")]
+)
+def test_docker_settings_are_refused(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The removed Docker path's settings make start fail with what to do instead."""
+    monkeypatch.setenv(name, value)
+    assert main(["start"]) == 1
+    assert "no longer supported" in capsys.readouterr().err
+
+
 def test_state_of_an_older_version_is_read() -> None:
     """A state.json written by the older script (with runtime and image) still names
     its broker, so an upgrade can stop what the old version started."""

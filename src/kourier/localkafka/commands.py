@@ -119,8 +119,20 @@ def _already_running(state: State, args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_docker_settings() -> None:
+    """The settings of the removed Docker path are an error rather than ignored."""
+    runtime = os.environ.get("KOURIER_KAFKA_RUNTIME", "")
+    if runtime not in ("", "auto", "local") or os.environ.get("KOURIER_KAFKA_IMAGE"):
+        raise LocalKafkaError(
+            "KOURIER_KAFKA_RUNTIME=docker and KOURIER_KAFKA_IMAGE are no longer supported: "
+            "run the apache/kafka image yourself and set KOURIER_BOOTSTRAP_SERVERS to it, "
+            "or unset them to run the broker on this machine's Java"
+        )
+
+
 def _fresh_start(args: argparse.Namespace) -> int:
     began = time.monotonic()
+    _refuse_docker_settings()
     java, source = requirements.check()
     port = args.port if args.port is not None else env_int("KOURIER_KAFKA_PORT", DEFAULT_PORT)
     state = State(
