@@ -29,9 +29,7 @@ def wait_ready(processes: NodeProcesses, nodes: list[Node], timeout: float, expe
     while pending:
         for node in list(pending):
             if not processes.alive(node):
-                raise LocalKafkaError(
-                    f"node {node.id} exited while starting\n{node_log_tail(node)}"
-                )
+                raise LocalKafkaError(_exit_message(node))
             view = answers(node.address)
             if view is not None and node.id in view.brokers and len(view.brokers) >= expect:
                 pending.remove(node)
