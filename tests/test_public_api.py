@@ -17,6 +17,7 @@ def test_all_is_sorted_and_complete() -> None:
     assert sorted(kourier.__all__) == kourier.__all__
     assert set(kourier.__all__) == public - modules
     assert all(value is not None for value in resolved.values())
+    assert set(kourier._HOMES) == set(kourier.__all__)
 
 
 def test_unknown_name_is_an_attribute_error() -> None:
