@@ -12,7 +12,7 @@ import sys
 from collections.abc import Collection, Sequence
 
 from kourier import __version__
-from kourier.cli import admin, call, gateway, run
+from kourier.cli import admin, call, gateway, kafka, run
 from kourier.cli.common import (
     EXIT_BROKER,
     EXIT_HTTP_ERROR,
@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_parsers(sub)
     admin.add_parsers(sub)
     gateway.add_parsers(sub)
+    kafka.add_parsers(sub)
     accept_global_options_after_commands(parser)
     return parser
 
