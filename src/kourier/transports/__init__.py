@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import cast
 
-from kourier.settings import Settings
+from kourier.settings import MEMORY_SCHEME, Settings
 from kourier.transports.base import Transport
 
 _KAFKA_TRANSPORTS = {
@@ -16,7 +16,15 @@ _KAFKA_TRANSPORTS = {
 
 def kafka_transport(settings: Settings) -> Transport:
     """The Kafka transport ``settings.kafka_client`` names, imported only now: a process
-    loads one Kafka client library, and an in-memory one loads none."""
+    loads one Kafka client library, and an in-memory one loads none.
+
+    ``bootstrap_servers="memory://NAME"`` gives a transport on the in-process broker open
+    under NAME instead (``kourier.testing``; see docs/design.md, "Testing").
+    """
+    if settings.bootstrap_servers.startswith(MEMORY_SCHEME):
+        from kourier.transports.memory import MemoryTransport, named
+
+        return MemoryTransport(named(settings.bootstrap_servers.removeprefix(MEMORY_SCHEME)))
     module_name, class_name = _KAFKA_TRANSPORTS[settings.kafka_client]
     transport_class = getattr(importlib.import_module(module_name), class_name)
     return cast(Transport, transport_class(settings))
