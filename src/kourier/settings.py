@@ -218,7 +218,7 @@ def _kafka_servers(bootstrap_servers: str) -> list[str]:
     if not bootstrap_servers.startswith(MEMORY_SCHEME):
         return bootstrap_servers.split(",")
     name = bootstrap_servers.removeprefix(MEMORY_SCHEME)
-    if not _TOPIC_NAME.match(name):
+    if not _TOPIC_NAME.fullmatch(name):  # fullmatch: "$" alone lets a final newline in
         raise SettingsError(
             f"bootstrap_servers: {bootstrap_servers!r} must be memory://NAME, the name made "
             "of letters, digits, '.', '_', '-'"

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from kourier import BrokerError, Client, Service, Settings, SettingsError
 from kourier.testing import Broker, memory_broker, serve_app
@@ -123,3 +128,30 @@ async def test_serve_app_without_a_broker_in_the_environment_uses_its_own(
         assert stock.settings.bootstrap_servers.startswith("memory://")
         assert (await stock.client.request("stock", "GET", "/stock/book")).json()["level"] == 3
     assert "KOURIER_BOOTSTRAP_SERVERS" not in os.environ
+
+
+def test_the_kits_public_names_are_sorted_complete_and_need_no_pytest() -> None:
+    """kourier.testing exports a sorted, complete __all__ and imports without pytest."""
+    import kourier.testing
+
+    public = {n for n in vars(kourier.testing) if not n.startswith("_")}
+    modules = {n for n in public if type(getattr(kourier.testing, n)).__name__ == "module"}
+    assert sorted(kourier.testing.__all__) == kourier.testing.__all__
+    assert set(kourier.testing.__all__) == public - modules
+    probe = "import sys, kourier.testing; assert 'pytest' not in sys.modules, 'pytest imported'"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+@given(st.text(max_size=30))
+@example("a\n")
+def test_any_memory_name_is_accepted_as_a_topic_name_or_refused_by_settings(name: str) -> None:
+    """A memory:// name is accepted exactly when Kafka could name a topic with it; an
+    accepted name no broker was opened under fails with BrokerError, nothing else."""
+    servers = f"memory://{name}"
+    if re.fullmatch(r"[A-Za-z0-9._-]{1,200}", name):
+        with pytest.raises(BrokerError, match="no in-memory broker"):
+            Client(Settings(bootstrap_servers=servers))
+    else:
+        with pytest.raises(SettingsError, match="memory://NAME"):
+            Settings(bootstrap_servers=servers)
