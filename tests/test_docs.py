@@ -177,14 +177,20 @@ class Reader:
             time.sleep(0.1)
 
     def stop(self) -> None:
+        """Stop every background process (all of them, even when one misbehaved)."""
+        for process, _, _ in self.background:
+            if process.poll() is None:
+                process.terminate()
+        failures = []
         for process, argv, log in self.background:
-            process.terminate()
             try:
                 code = process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
                 code = process.wait()
-            assert code in STOPPED, f"{argv} exited with {code}:\n{log.read_text()}"
+            if code not in STOPPED:
+                failures.append(f"{argv} exited with {code}:\n{log.read_text()}")
+        assert not failures, "\n".join(failures)
 
 
 @pytest.fixture

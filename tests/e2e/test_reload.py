@@ -41,6 +41,19 @@ async def slow() -> dict:
 """
 
 
+def stop(supervisor: LoggedProcess) -> None:
+    """Stop the supervisor (it stops its service: the service has a session of its own,
+    so killing the supervisor alone would leave it running)."""
+    if supervisor.running:
+        supervisor.process.terminate()
+        try:
+            supervisor.process.wait(30)
+        except subprocess.TimeoutExpired:
+            supervisor.process.kill()
+            supervisor.process.wait()
+    supervisor.join_reader()
+
+
 def write_app(package: Path, version: int) -> None:
     (package / "main.py").write_text(textwrap.dedent(APP.format(version=version)))
 
@@ -97,10 +110,7 @@ async def test_an_edited_file_restarts_the_service_after_draining(tmp_path: Path
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
     finally:
-        if supervisor.running:
-            supervisor.process.kill()
-            supervisor.process.wait()
-        supervisor.join_reader()
+        stop(supervisor)
         assert supervisor.process.stderr is not None
         supervisor.process.stderr.close()
 
@@ -116,3 +126,43 @@ def test_reload_with_several_workers_is_refused() -> None:
     )
     assert result.returncode == 2
     assert "--reload runs one worker: drop --workers" in result.stderr
+
+
+@pytest.mark.kafka
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+async def test_a_broken_edit_is_reported_and_the_next_edit_serves_again(tmp_path: Path) -> None:
+    """A file that no longer imports stops the service with a logged exit; fixing it
+    starts the service again, without restarting the supervisor."""
+    package = tmp_path / "brokensvc"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "main.py").write_text("def broken(:\n")
+    prefix = f"reload{uuid.uuid4().hex[:8]}."
+    env = {
+        **os.environ,
+        "KOURIER_BOOTSTRAP_SERVERS": kafka_bootstrap(),
+        "KOURIER_TOPIC_PREFIX": prefix,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+    }
+    argv = [sys.executable, "-m", "kourier", "run", "brokensvc.main:app", "--service", "reloaded"]
+    supervisor = LoggedProcess(
+        [*argv, "--reload"], env, lambda line: "starts again when a file changes" in line
+    )
+    try:
+        assert supervisor.ready.wait(60), "".join(supervisor.lines[-20:])
+        assert supervisor.running, "the supervisor ended with its service"
+        write_app(package, 3)
+        settings = Settings(bootstrap_servers=env["KOURIER_BOOTSTRAP_SERVERS"], topic_prefix=prefix)
+        async with asyncio.timeout(60):
+            while not any("ready:" in line for line in supervisor.lines):  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        async with Client(settings) as client:
+            assert await version_of(client) == 3
+        assert "SyntaxError" in "".join(supervisor.lines)
+        supervisor.process.send_signal(signal.SIGTERM)
+        assert supervisor.process.wait(30) == 0, "".join(supervisor.lines[-20:])
+    finally:
+        stop(supervisor)
+        assert supervisor.process.stderr is not None
+        supervisor.process.stderr.close()
