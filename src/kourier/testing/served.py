@@ -122,8 +122,9 @@ async def serve_app(
     ``settings`` default to ``Settings.from_env()``; when the environment names no broker
     (``KOURIER_BOOTSTRAP_SERVERS`` unset) the app gets a fresh in-memory broker of its
     own. With ``raise_app_exceptions`` an exception the app raises is raised again by
-    the ``client``/``http`` call that caused it, and one raised by a one-way message
-    nobody waited for is raised when the block ends. ``hooks`` are more service hooks;
+    the ``client``/``http`` call that caused it; one that no call can take (a one-way
+    message's, or one raised after a streamed response began, which the caller sees as
+    ``StreamBroken``) is raised when the block ends. ``hooks`` are more service hooks;
     ``client_options`` go to the ``Client`` (``retry``, ``hooks``...).
     """
     async with contextlib.AsyncExitStack() as stack:
