@@ -46,6 +46,15 @@ async def boom_stream() -> StreamingResponse:
     raise KeyError("stream")
 
 
+@orders.get("/stream/broken")
+async def broken_stream() -> StreamingResponse:
+    async def lines() -> AsyncIterator[bytes]:
+        yield b"first\n"
+        raise ConnectionError("the source went away")
+
+    return StreamingResponse(lines())
+
+
 @orders.post("/events", status_code=202)
 async def event(body: dict[str, Any]) -> None:
     if body.get("kind") == "bad":

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from kourier import BrokerError, Client, Service, Settings, SettingsError
+from kourier import BrokerError, Client, Service, Settings, SettingsError, StreamBroken
 from kourier.testing import Broker, memory_broker, serve_app
 from kourier.testing.plugin import StartService
 from tests.testing import apps
@@ -97,6 +97,21 @@ async def test_a_one_way_failure_nobody_waited_for_is_raised_when_serving_ends(
         ) as orders:
             await orders.client.send("orders", "POST", "/events", json={"kind": "bad"})
             await orders.wait_until(lambda: orders.errors)
+
+
+async def test_an_exception_after_a_stream_began_is_raised_when_serving_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The caller sees StreamBroken mid-stream; the app's own exception ends the block."""
+    with memory_broker() as broker, pytest.raises(ConnectionError, match="went away"):
+        monkeypatch.setenv("KOURIER_BOOTSTRAP_SERVERS", broker.url)  # for the app's Client()
+        async with serve_app(apps.orders, "orders", broker.settings) as orders:
+            lines: list[str] = []
+            with pytest.raises(StreamBroken):
+                async with orders.client.stream("orders", "GET", "/stream/broken") as stream:
+                    async for line in stream.aiter_lines():
+                        lines.append(line)
+            assert lines == ["first"]
 
 
 async def test_sent_and_dead_lettered_messages_can_be_read_back(
