@@ -377,6 +377,6 @@ def named(name: str) -> MemoryBroker:
     except KeyError:
         raise BrokerError(
             f"no in-memory broker named {name!r} is open in this process: open one with "
-            f"`async with kourier.testing.memory_broker({name!r})` (the kourier_settings "
+            f"`with kourier.testing.memory_broker({name!r})` (the kourier_settings "
             "fixture opens one for each test)"
         ) from None
