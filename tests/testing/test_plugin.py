@@ -115,11 +115,16 @@ def test_a_users_tests_run_in_memory(tmp_path: Path) -> None:
 
 
 @pytest.mark.kafka
-def test_the_same_tests_run_on_kafka_with_one_flag(tmp_path: Path) -> None:
-    """--kourier-kafka runs them on the broker KOURIER_BOOTSTRAP_SERVERS names; the
-    in-memory read-back is skipped there with its reason."""
+@pytest.mark.parametrize("kafka_client", ["aiokafka", "confluent"])
+def test_the_same_tests_run_on_kafka_with_one_flag(tmp_path: Path, kafka_client: str) -> None:
+    """--kourier-kafka runs them on the broker KOURIER_BOOTSTRAP_SERVERS names, through
+    either client library; the in-memory read-back is skipped there with its reason."""
     (tmp_path / "test_user.py").write_text(textwrap.dedent(USER_TESTS))
-    env = {**os.environ, "KOURIER_BOOTSTRAP_SERVERS": kafka_bootstrap()}
+    env = {
+        **os.environ,
+        "KOURIER_BOOTSTRAP_SERVERS": kafka_bootstrap(),
+        "KOURIER_KAFKA_CLIENT": kafka_client,
+    }
     result = run_pytest(tmp_path, "-q", "-rs", "--kourier-kafka", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed, 1 skipped" in result.stdout
