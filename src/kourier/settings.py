@@ -130,7 +130,7 @@ class Settings:
     def _validate(self) -> None:
         if not self.bootstrap_servers.strip():
             raise SettingsError("bootstrap_servers: must name at least one host:port")
-        for server in self.bootstrap_servers.split(","):
+        for server in _kafka_servers(self.bootstrap_servers):
             host, sep, port = server.strip().rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise SettingsError(f"bootstrap_servers: {server.strip()!r} is not host:port")
@@ -234,6 +234,23 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         warn_unknown_names(env, cls)
         return cls(**values)
+
+
+#: ``bootstrap_servers`` of an in-process broker (``kourier.testing``): ``memory://NAME``.
+MEMORY_SCHEME = "memory://"
+
+
+def _kafka_servers(bootstrap_servers: str) -> list[str]:
+    """The host:port entries to check; none for ``memory://NAME``, whose name is checked."""
+    if not bootstrap_servers.startswith(MEMORY_SCHEME):
+        return bootstrap_servers.split(",")
+    name = bootstrap_servers.removeprefix(MEMORY_SCHEME)
+    if not _TOPIC_NAME.fullmatch(name):  # fullmatch: "$" alone lets a final newline in
+        raise SettingsError(
+            f"bootstrap_servers: {bootstrap_servers!r} must be memory://NAME, the name made "
+            "of letters, digits, '.', '_', '-'"
+        )
+    return []
 
 
 def check_topic_name(topic: str) -> str:

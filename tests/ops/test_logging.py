@@ -9,7 +9,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from kourier.client.caller import Client
 from kourier.ops.logging import (
     JsonFormatter,
     RequestContextFilter,
@@ -17,9 +16,7 @@ from kourier.ops.logging import (
     bind_request,
     configure_logging,
 )
-from kourier.server.serve import Service
-from kourier.settings import Settings
-from kourier.transports.memory import MemoryBroker, MemoryTransport
+from kourier.testing.plugin import StartService
 from tests.ops.apps import orders_app, with_request_id
 
 
@@ -40,15 +37,15 @@ def lines(stream: io.StringIO) -> list[dict[str, object]]:
 
 
 async def test_log_lines_of_a_request_carry_its_id_and_the_service(
-    settings: Settings, broker: MemoryBroker, client: Client, log: io.StringIO
+    kourier_service: StartService, log: io.StringIO
 ) -> None:
     """A handler's log lines, exceptions included, name the request and the service."""
     app, _ = orders_app()
     # with_request_id stands in for the binding the service will do itself.
     bound = with_request_id(app, "orders")
-    async with Service(bound, "orders", settings, transport=MemoryTransport(broker)):
-        await client.request("orders", "GET", "/orders/7", request_id="lookup-7")
-        await client.request("orders", "GET", "/oops", request_id="oops-1")
+    orders = await kourier_service(bound, "orders", raise_app_exceptions=False)
+    await orders.client.request("orders", "GET", "/orders/7", request_id="lookup-7")
+    await orders.client.request("orders", "GET", "/oops", request_id="oops-1")
     records = lines(log)
     [lookup] = [r for r in records if r["message"] == "looking up order 7"]
     assert lookup["request_id"] == "lookup-7"

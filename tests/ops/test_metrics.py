@@ -16,6 +16,7 @@ from kourier.ops.metrics import ClientMetrics, ServiceMetrics
 from kourier.protocol import Request
 from kourier.server.serve import Service
 from kourier.settings import Settings
+from kourier.testing.plugin import StartService
 from kourier.transports.memory import MemoryBroker, MemoryTransport
 from tests.ops.apps import orders_app
 from tests.ops.conftest import probe, until, until_probe
@@ -36,14 +37,15 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 
 
 async def test_scraped_metrics_count_requests_by_route_template(
-    settings: Settings, broker: MemoryBroker, client: Client
+    kourier_service: StartService,
 ) -> None:
     """Requests are counted per route template and status, never per raw path."""
     app, _ = orders_app()
-    service = Service(app, "orders", settings, transport=MemoryTransport(broker))
-    async with service, HealthServer(service, 0, "127.0.0.1") as health:
+    orders = await kourier_service(app, "orders", raise_app_exceptions=False)
+    service = orders.service
+    async with HealthServer(service, 0, "127.0.0.1") as health:
         for target in ("/orders/1", "/orders/2", "/nowhere", "/boom"):
-            await client.request("orders", "GET", target)
+            await orders.client.request("orders", "GET", target)
         await until(lambda: service.stats.replied == 4)
         status, text = await probe(health.port, "/metrics")
     assert status == 200

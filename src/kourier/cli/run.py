@@ -13,6 +13,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from kourier.cli import reload
 from kourier.cli.common import (
     EXIT_USAGE,
     CLIError,
@@ -96,6 +97,8 @@ def _hook_specs(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.reload:
+        return reload.run_with_reload(args)
     if args.workers > 1:
         return _run_workers(args)
     from kourier.server.serve import serve
@@ -254,4 +257,5 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     # Set by --workers for each worker it starts: log lines say which worker wrote them.
     parser.add_argument("--worker-index", type=positive_int, help=argparse.SUPPRESS)
+    reload.add_arguments(parser)
     parser.set_defaults(func=cmd_run)

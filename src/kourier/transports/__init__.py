@@ -6,7 +6,7 @@ import importlib
 from typing import cast
 
 from kourier.errors import SettingsError
-from kourier.settings import Settings
+from kourier.settings import MEMORY_SCHEME, Settings
 from kourier.transports.base import Transport
 
 _KAFKA_TRANSPORTS = {
@@ -22,7 +22,15 @@ _LIBRARIES = {
 
 def kafka_transport(settings: Settings) -> Transport:
     """The Kafka transport ``settings.kafka_client`` names, imported only now: a process
-    loads one Kafka client library, and an in-memory one loads none."""
+    loads one Kafka client library, and an in-memory one loads none.
+
+    ``bootstrap_servers="memory://NAME"`` gives a transport on the in-process broker open
+    under NAME instead (``kourier.testing``; see docs/design.md, "Testing").
+    """
+    if settings.bootstrap_servers.startswith(MEMORY_SCHEME):
+        from kourier.transports.memory import MemoryTransport, named
+
+        return MemoryTransport(named(settings.bootstrap_servers.removeprefix(MEMORY_SCHEME)))
     module_name, class_name = _KAFKA_TRANSPORTS[settings.kafka_client]
     try:
         module = importlib.import_module(module_name)

@@ -348,3 +348,35 @@ class MemoryTransport(Transport):
 
     async def ping(self, timeout: float) -> bool:
         return True
+
+
+# -- brokers by name -----------------------------------------------------------------
+# ``bootstrap_servers="memory://NAME"`` reaches the broker opened under NAME in this
+# process, so that an app's own ``Client()`` built from settings joins a test's broker.
+# A broker is opened and closed explicitly (``kourier.testing.memory_broker``): one made
+# on first use would outlive its test and carry its records and event loop into the next.
+
+_NAMED: dict[str, MemoryBroker] = {}
+
+
+def open_named(name: str, broker: MemoryBroker) -> None:
+    """Make ``broker`` reachable as ``memory://name`` until ``close_named(name)``."""
+    if name in _NAMED:
+        raise BrokerError(f"an in-memory broker named {name!r} is already open")
+    _NAMED[name] = broker
+
+
+def close_named(name: str) -> None:
+    _NAMED.pop(name, None)
+
+
+def named(name: str) -> MemoryBroker:
+    """The broker open under ``name``; a ``BrokerError`` that says how to open one if none."""
+    try:
+        return _NAMED[name]
+    except KeyError:
+        raise BrokerError(
+            f"no in-memory broker named {name!r} is open in this process: open one with "
+            f"`with kourier.testing.memory_broker({name!r})` (the kourier_settings "
+            "fixture opens one for each test)"
+        ) from None
