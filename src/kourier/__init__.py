@@ -21,6 +21,7 @@ from kourier.errors import (
     SettingsError,
     StreamBroken,
 )
+from kourier.registry import InstanceInfo, ServiceInfo
 from kourier.server.serve import Service, serve
 from kourier.settings import Settings
 
@@ -31,6 +32,7 @@ __all__ = [
     "Client",
     "ClientStats",
     "Delivery",
+    "InstanceInfo",
     "KourierError",
     "KourierTransport",
     "ProtocolError",
@@ -41,6 +43,7 @@ __all__ = [
     "Response",
     "Retry",
     "Service",
+    "ServiceInfo",
     "ServiceNotFound",
     "ServiceUnavailable",
     "Settings",
