@@ -118,9 +118,9 @@ def test_fail_gives_exit_22_on_an_error_status(
     assert kourier(env, "request", "e2e", "GET", "/nowhere").returncode == 0
 
 
-def test_a_timeout_exits_28_with_one_line(env: dict[str, str]) -> None:
-    """Nobody serves the service: the call times out with curl's exit code and no traceback."""
-    result = kourier(env, "request", "nobody-home", "GET", "/", "--timeout", "1")
+def test_a_timeout_exits_28_with_one_line(service: ServiceProcess, env: dict[str, str]) -> None:
+    """A reply that does not come in time: curl's exit code and no traceback."""
+    result = kourier(env, "request", "e2e", "POST", "/work/slow?ms=3000", "--timeout", "1")
     assert result.returncode == 28
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert "Traceback" not in result.stderr

@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from kourier.cli import admin, call, run
+from kourier.cli import admin, call, run, services
 from kourier.cli.common import (
     EXIT_BROKER,
     EXIT_HTTP_ERROR,
@@ -46,6 +46,8 @@ EPILOG = """examples:
   kourier send orders POST /events --json '{"kind": "ping"}'
   kourier topics ensure orders
   kourier dead-letters list orders
+  kourier services
+  kourier services describe orders
 
 Every setting can also come from a KOURIER_<SETTING> environment variable
 (e.g. KOURIER_BOOTSTRAP_SERVERS=127.0.0.1:9092)."""
@@ -74,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_parser(sub)
     call.add_parsers(sub)
     admin.add_parsers(sub)
+    services.add_parsers(sub)
     return parser
 
 
@@ -106,8 +109,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _exit_code(exc: KourierError) -> int:
-    from kourier.errors import BrokerError, SettingsError
+    from kourier.cli.common import EXIT_NO_SERVICE, EXIT_UNAVAILABLE
+    from kourier.errors import BrokerError, ServiceNotFound, ServiceUnavailable, SettingsError
 
+    if isinstance(exc, ServiceNotFound):
+        return EXIT_NO_SERVICE
+    if isinstance(exc, ServiceUnavailable):
+        return EXIT_UNAVAILABLE
     if isinstance(exc, ReplyTimeout):
         return EXIT_TIMEOUT
     if isinstance(exc, BrokerError):
