@@ -349,6 +349,24 @@ class Directory:
         now = time.time()
         return any(info.live_at(now) for info in instances.values())
 
+    def stale_grace(self, name: str) -> float:
+        """Seconds worth waiting for a heartbeat of ``name`` that is late, not gone.
+
+        When none of its instances is live but the newest heartbeat lapsed only lately
+        (less than ``LIVE_INTERVALS`` more intervals ago), the cause may be the broker:
+        during an outage no instance can heartbeat, and right after it every
+        registration is stale until the next heartbeats arrive. One interval is then
+        worth waiting; an instance that is really gone ages past this and fails fast.
+        """
+        instances = self._services.get(name)
+        if not instances:
+            return 0.0
+        newest = max(instances.values(), key=lambda i: i.heartbeat_at)
+        lapsed = time.time() - newest.heartbeat_at
+        if lapsed <= 2 * LIVE_INTERVALS * newest.heartbeat_interval:
+            return newest.heartbeat_interval
+        return 0.0
+
     async def wait_for_live(self, name: str, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for a live instance of ``name``; whether one came."""
         try:

@@ -189,16 +189,21 @@ class FakeService:
 
 
 async def announce(
-    transport: Transport, settings: Settings, service: str, *, heartbeat_at: float | None = None
+    transport: Transport,
+    settings: Settings,
+    service: str,
+    *,
+    heartbeat_at: float | None = None,
+    interval: float = 3600.0,
+    instance_id: str | None = None,
 ) -> InstanceInfo:
     """Register one instance of ``service`` in the registry, as a running service does
-    (live for the registry's 3 heartbeat intervals of an hour, unless ``heartbeat_at``
-    says otherwise)."""
+    (live for 3 heartbeat ``interval``s from ``heartbeat_at``, default now)."""
     await transport.ensure_topics([registry_topic_spec(settings)])
     now = time.time()
     info = InstanceInfo(
         service=service,
-        instance_id=f"fake{next(_instances)}",
+        instance_id=instance_id or f"fake{next(_instances)}",
         host="test",
         pid=1,
         kourier_version="test",
@@ -206,7 +211,7 @@ async def announce(
         routes=(),
         started_at=now,
         heartbeat_at=now if heartbeat_at is None else heartbeat_at,
-        heartbeat_interval=3600.0,
+        heartbeat_interval=interval,
     )
     key, value = encode(info)
     await (await transport.publish(registry_topic_spec(settings).name, value, key=key))

@@ -80,14 +80,37 @@ async def test_a_service_without_a_live_instance_fails_fast_but_takes_messages(
     assert sum(len(p) for p in broker.topics[orders_topic]) == 1
 
 
-async def test_an_instance_whose_heartbeat_stopped_is_not_live(
+async def test_an_instance_whose_heartbeat_stopped_long_ago_fails_fast(
     client: Client, orders_topic: str, transport: MemoryTransport, settings: Settings
 ) -> None:
-    """A registration older than 3 heartbeat intervals (a killed instance) does not count;
-    the error says when it was last heard from."""
-    await announce(transport, settings, "orders", heartbeat_at=time.time() - 4 * 3600)
-    with pytest.raises(ServiceUnavailable, match=r"last heartbeat .* was 14400 s ago"):
+    """A registration more than 6 heartbeat intervals old (a killed instance) does not
+    count, and is not waited for; the error says when it was last heard from."""
+    await announce(transport, settings, "orders", heartbeat_at=time.time() - 7 * 3600)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(ServiceUnavailable, match=r"last heartbeat .* was 25200 s ago"):
         await client.request("orders", "GET", "/")
+    assert elapsed_since(started) < 0.5
+
+
+async def test_a_late_heartbeat_is_waited_for_one_interval(
+    client: Client, orders_topic: str, broker: MemoryBroker, settings: Settings
+) -> None:
+    """An instance whose heartbeat lapsed only lately (as after a broker outage) is
+    waited for up to one interval, without wait_for_instance: without a heartbeat,
+    ServiceUnavailable comes after that interval; with one, the call goes through."""
+    transport = MemoryTransport(broker)
+    await announce(transport, settings, "orders", heartbeat_at=time.time() - 1.8, interval=0.5)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(ServiceUnavailable, match=r"after waiting 0\.5 s"):
+        await client.request("orders", "GET", "/", timeout=5)
+    assert 0.45 <= elapsed_since(started) < 1.2
+    await announce(transport, settings, "orders", heartbeat_at=time.time() - 2.0, interval=0.5)
+    call = asyncio.create_task(client.request("orders", "GET", "/back", timeout=5))
+    await asyncio.sleep(0.1)
+    assert not call.done()
+    async with FakeService(transport, settings):  # announces itself: a fresh heartbeat
+        response = await call
+    assert response.json()["path"] == "/back"
 
 
 async def test_waiting_for_an_instance_answers_once_one_starts(

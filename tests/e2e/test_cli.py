@@ -159,13 +159,15 @@ def test_the_same_app_answers_http_during_a_migration(
 
 
 def test_topics_ensure_and_describe(env: dict[str, str]) -> None:
-    """`topics ensure` creates a service's topics; `describe` shows their partitions."""
+    """`topics ensure` creates a service's topics and the shared reply and registry
+    topics; `describe` shows their partitions."""
     assert kourier(env, "topics", "describe", "fresh").returncode == 1
     created = kourier({**env, "KOURIER_PARTITIONS": "2"}, "topics", "ensure", "fresh")
     assert created.returncode == 0, created.stderr
     prefix = env["KOURIER_TOPIC_PREFIX"]
     assert f"{prefix}fresh.requests: 2 partitions, replication factor 1" in created.stdout
     assert f"{prefix}fresh.dead-letters: 2 partitions" in created.stdout
+    assert f"{prefix}registry: 1 partitions" in created.stdout  # the shared registry
     described = kourier(env, "topics", "describe", "fresh")
     assert described.returncode == 0 and described.stdout == created.stdout
 

@@ -9,6 +9,8 @@ once per client, then followed).
 - No request topic: ``ServiceNotFound``, naming the closest known names.
 - A two-way call and no live instance: ``ServiceUnavailable`` at once, or after waiting
   up to ``wait_for_instance`` seconds (within the call's deadline) for one to come.
+  An instance whose heartbeat is late but not long gone (a broker outage stops every
+  heartbeat) is waited for up to one heartbeat interval first.
 - A one-way send needs only the topic: the request waits in it for an instance.
 
 It must never create a topic (services and ``kourier topics ensure`` do) and never
@@ -62,7 +64,8 @@ class ServiceLookup:
         await directory.ready()
         if directory.has_live(service):
             return
-        wait = min(self._settings.wait_for_instance, deadline - _loop_time())
+        wait = max(self._settings.wait_for_instance, directory.stale_grace(service))
+        wait = min(wait, deadline - _loop_time())
         if wait > 0:
             logger.info("no live instance of %r: waiting up to %.1f s for one", service, wait)
             if await directory.wait_for_live(service, wait):

@@ -29,6 +29,10 @@ from kourier.transports.base import Transport
 
 logger = logging.getLogger("kourier.server")
 
+#: Seconds before trying again after a heartbeat the broker did not take.
+RETRY_AFTER_FAILURE = 1.0
+#: Seconds a stopping instance waits for the broker to take its tombstone, at most.
+WITHDRAW_TIMEOUT = 5.0
 #: HTTP methods an OpenAPI path item may hold (its other keys are not operations).
 _OPENAPI_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
@@ -97,7 +101,8 @@ class Announcer:
         key = instance_key(self._service, self.instance_id)
         try:
             ack = await self._transport.publish(self._topic.name, None, key=key)
-            await within(ack, self._settings.heartbeat_interval)
+            # Bounded: a stop during a broker outage must not wait long for this.
+            await within(ack, min(self._settings.heartbeat_interval, WITHDRAW_TIMEOUT))
         except (KourierError, TimeoutError) as exc:
             self.failures += 1
             logger.warning(
@@ -113,8 +118,9 @@ class Announcer:
 
     async def _beat(self) -> None:
         interval = self._settings.heartbeat_interval
+        pause = interval
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(pause)
             assert self._info is not None
             info = dataclasses.replace(self._info, heartbeat_at=time.time())
             try:
@@ -127,8 +133,12 @@ class Announcer:
                     self.instance_id,
                     exc or "no answer in time",
                 )
+                # Soon again, not a whole interval later: after a broker outage every
+                # registration is stale, and callers wait for the first new heartbeat.
+                pause = min(interval, RETRY_AFTER_FAILURE)
                 continue
             self._info = info
+            pause = interval
 
     async def _publish(self, info: InstanceInfo) -> None:
         key, value = encode(info)
