@@ -7,8 +7,9 @@ This module holds the record format (``encode``, ``decode``), what callers see o
 reads the topic from its beginning, then follows it, so that a lookup costs a dict
 access.
 
-It must never write to the registry, and never stop reading because of a record: one
-that breaks the format is logged with its position, counted and skipped.
+It must never write a record to the registry (a caller allowed to create topics may
+create the topic), and never stop reading because of a record: one that breaks the
+format is logged with its position, counted and skipped.
 """
 
 from __future__ import annotations
