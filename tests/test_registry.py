@@ -170,6 +170,25 @@ def test_the_reader_skips_and_counts_whatever_it_cannot_read(
     assert service is not None and instance(instance_id="good") in service.instances
 
 
+async def test_the_following_reader_outlives_malformed_records() -> None:
+    """Hostile records on the live topic are counted and skipped; the reader goes on and
+    takes the registration published after them."""
+    transport = MemoryTransport()
+    await transport.ensure_topics([registry_topic_spec(SETTINGS)])
+    directory = Directory(transport, SETTINGS)
+    try:
+        assert await directory.services() == {}
+        topic = registry_topic(SETTINGS)
+        for key, value in [(b"x", b"y"), (b"orders/a", b"\x00"), (b"orders/a", b"[]")]:
+            await transport.publish(topic, value, key=key)
+        good_key, good_value = encode(instance(heartbeat_at=time.time()))
+        await transport.publish(topic, good_value, key=good_key)
+        assert await directory.wait_for_live("orders", 2.0)
+        assert directory.stats.malformed == 3
+    finally:
+        await directory.stop()
+
+
 def test_a_malformed_record_is_logged_with_its_position(caplog: pytest.LogCaptureFixture) -> None:
     """Skipping a record is never silent: a warning names where it was."""
     directory = Directory(MemoryTransport(), SETTINGS)
