@@ -26,13 +26,13 @@ class ScriptedTransport(MemoryTransport):
     async def publish(
         self,
         topic: str,
-        value: bytes,
+        value: bytes | None,
         *,
         key: bytes | None = None,
         headers: Sequence[tuple[str, bytes]] = (),
         partition: int | None = None,
     ) -> Awaitable[None]:
-        ack = self._script(topic, value) if self._script is not None else None
+        ack = self._script(topic, value or b"") if self._script is not None else None
         self.broker.append(topic, value, key, headers, partition)
         if ack is None:
             ack = asyncio.get_running_loop().create_future()

@@ -47,6 +47,8 @@ def test_environment_variables_are_read_and_typed() -> None:
         ({"KOURIER_SSL_CAFILE": "/nonexistent/ca.pem"}, "ssl_cafile"),
         ({"KOURIER_CREATE_TOPICS": "perhaps"}, "create_topics"),
         ({"KOURIER_KAFKA_CLIENT": "kafka-python"}, "kafka_client"),
+        ({"KOURIER_HEARTBEAT_INTERVAL": "0"}, "heartbeat_interval"),
+        ({"KOURIER_WAIT_FOR_INSTANCE": "-1"}, "wait_for_instance"),
     ],
 )
 def test_invalid_settings_fail_naming_the_setting(env: dict[str, str], names: str) -> None:

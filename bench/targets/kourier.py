@@ -48,6 +48,7 @@ from bench.common import (
     delete_topics,
 )
 from kourier import Client, KourierTransport, Settings
+from kourier.registry import registry_topic
 
 SERVICE = "bench"
 APP = "bench.app:app"
@@ -123,7 +124,8 @@ async def session_settings(
         yield env
     finally:
         with contextlib.suppress(Exception):
-            await delete_topics(bootstrap, names)
+            # The registry topic is the service's to create (compacted), ours to delete.
+            await delete_topics(bootstrap, [*names, registry_topic(settings)])
 
 
 class KourierBench(Bench):

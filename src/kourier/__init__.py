@@ -30,6 +30,7 @@ if _typing.TYPE_CHECKING:
         SettingsError,
         StreamBroken,
     )
+    from kourier.registry import InstanceInfo, ServiceInfo
     from kourier.server.serve import Service, serve
     from kourier.settings import Settings
 
@@ -40,6 +41,7 @@ __all__ = [
     "Client",
     "ClientStats",
     "Delivery",
+    "InstanceInfo",
     "KourierError",
     "KourierTransport",
     "ProtocolError",
@@ -50,6 +52,7 @@ __all__ = [
     "Response",
     "Retry",
     "Service",
+    "ServiceInfo",
     "ServiceNotFound",
     "ServiceUnavailable",
     "Settings",
@@ -65,6 +68,7 @@ _HOMES = {
     "Client": "kourier.client",
     "ClientStats": "kourier.client",
     "Delivery": "kourier.client",
+    "InstanceInfo": "kourier.registry",
     "KourierError": "kourier.errors",
     "KourierTransport": "kourier.client",
     "ProtocolError": "kourier.errors",
@@ -75,6 +79,7 @@ _HOMES = {
     "Response": "kourier.client",
     "Retry": "kourier.client",
     "Service": "kourier.server.serve",
+    "ServiceInfo": "kourier.registry",
     "ServiceNotFound": "kourier.errors",
     "ServiceUnavailable": "kourier.errors",
     "Settings": "kourier.settings",

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from kourier import protocol
 from kourier.errors import BrokerError
+from kourier.registry import registry_topic_spec
 from kourier.server.serve import H_DEAD_ATTEMPTS, H_DEAD_REASON, H_DEAD_SOURCE
 from kourier.settings import Settings
 from kourier.transports.base import Record, TopicInfo, TopicSpec, Transport
@@ -29,7 +30,8 @@ TYPE_REPLAYED = b"replayed"
 
 
 def service_topics(settings: Settings, service: str) -> list[TopicSpec]:
-    """The topics a service needs, as the settings ask for them."""
+    """The topics a service needs, as the settings ask for them (the shared reply and
+    registry topics included)."""
     return [
         TopicSpec(
             settings.request_topic(service), settings.partitions, settings.replication_factor
@@ -38,6 +40,7 @@ def service_topics(settings: Settings, service: str) -> list[TopicSpec]:
             settings.dead_letter_topic(service), settings.partitions, settings.replication_factor
         ),
         TopicSpec(settings.reply_topic, settings.reply_partitions, settings.replication_factor),
+        registry_topic_spec(settings),
     ]
 
 

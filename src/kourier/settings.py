@@ -104,6 +104,12 @@ class Settings:
     idempotency_window: float = 300.0
     #: Create missing topics at start (needs the right to create topics).
     create_topics: bool = True
+    #: Seconds between a service instance's heartbeats in the registry; an instance
+    #: whose last heartbeat is 3 intervals old is no longer live.
+    heartbeat_interval: float = 10.0
+    #: Seconds a two-way call waits for a live instance of its service when there is
+    #: none (a rolling restart), within its timeout; 0 fails at once (ServiceUnavailable).
+    wait_for_instance: float = 0.0
     #: How to talk to the brokers: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
     #: (any case).
     security_protocol: str = "PLAINTEXT"
@@ -166,10 +172,16 @@ class Settings:
             "drain_timeout",
             "retry_backoff",
             "retry_backoff_max",
+            "heartbeat_interval",
         ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or value <= 0:
                 raise SettingsError(f"{name}: must be a number of seconds > 0, got {value!r}")
+        if not isinstance(self.wait_for_instance, int | float) or self.wait_for_instance < 0:
+            raise SettingsError(
+                f"wait_for_instance: must be a number of seconds >= 0, "
+                f"got {self.wait_for_instance!r}"
+            )
         if self.linger_ms < 0:
             raise SettingsError(f"linger_ms: must be >= 0, got {self.linger_ms!r}")
         if self.security_protocol not in _SECURITY_PROTOCOLS:

@@ -13,6 +13,7 @@ import pytest
 
 from kourier.client import Client
 from kourier.settings import Settings
+from kourier.transports.base import TopicSpec
 from kourier.transports.memory import MemoryBroker, MemoryTransport
 from tests.client.fake_service import FakeService, Handler, echo
 
@@ -38,6 +39,14 @@ def settings() -> Settings:
 async def client(settings: Settings, transport: MemoryTransport) -> AsyncIterator[Client]:
     async with Client(settings, transport=transport) as started:
         yield started
+
+
+@pytest.fixture
+async def orders_topic(transport: MemoryTransport, settings: Settings) -> str:
+    """The request topic of "orders", created as its service would (callers never do)."""
+    topic = settings.request_topic("orders")
+    await transport.ensure_topics([TopicSpec(topic, settings.partitions)])
+    return topic
 
 
 @pytest.fixture

@@ -10,7 +10,9 @@ factories at the end script a service that fails a caller's first attempts.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
@@ -19,6 +21,7 @@ from typing import Any
 from kourier import protocol
 from kourier._aio import cancel_and_wait
 from kourier.protocol import Reply, Request
+from kourier.registry import InstanceInfo, encode, registry_topic_spec
 from kourier.settings import Settings
 from kourier.transports.base import GroupConsumer, TopicSpec, Transport
 
@@ -130,6 +133,7 @@ class FakeService:
         self.transport = transport
         self.settings = settings
         self.handler = handler
+        self.service = service
         self.topic = topic or settings.request_topic(service)
         self.group = group or settings.group_for(service)
         self.responder = responder
@@ -145,6 +149,8 @@ class FakeService:
         self._consumer = self.transport.group_consumer([self.topic], self.group)
         await self._consumer.start()
         self._loop = asyncio.create_task(self._consume(self._consumer))
+        if "." not in self.service:
+            await announce(self.transport, self.settings, self.service)
 
     async def stop(self) -> None:
         await cancel_and_wait(self._loop, *self._handlers)
@@ -180,6 +186,46 @@ class FakeService:
                 task = asyncio.create_task(self.handler(request, replies))
                 self._handlers.add(task)
                 task.add_done_callback(self._handlers.discard)
+
+
+async def announce(
+    transport: Transport,
+    settings: Settings,
+    service: str,
+    *,
+    heartbeat_at: float | None = None,
+    interval: float = 3600.0,
+    instance_id: str | None = None,
+) -> InstanceInfo:
+    """Register one instance of ``service`` in the registry, as a running service does
+    (live for 3 heartbeat ``interval``s from ``heartbeat_at``, default now)."""
+    await transport.ensure_topics([registry_topic_spec(settings)])
+    now = time.time()
+    info = InstanceInfo(
+        service=service,
+        instance_id=instance_id or f"fake{next(_instances)}",
+        host="test",
+        pid=1,
+        kourier_version="test",
+        app_version=None,
+        routes=(),
+        started_at=now,
+        heartbeat_at=now if heartbeat_at is None else heartbeat_at,
+        heartbeat_interval=interval,
+    )
+    key, value = encode(info)
+    await (await transport.publish(registry_topic_spec(settings).name, value, key=key))
+    return info
+
+
+_instances = itertools.count(1)
+
+
+async def ensure_service(transport: Transport, settings: Settings, service: str = "orders") -> None:
+    """Create ``service``'s request topic and announce a live instance, with nobody
+    consuming: what a test that scripts the broker needs for a two-way call to go out."""
+    await transport.ensure_topics([TopicSpec(settings.request_topic(service), 1)])
+    await announce(transport, settings, service)
 
 
 # -- services that fail the first attempts of a request id ---------------------------

@@ -23,7 +23,7 @@ from kourier.protocol import Request
 from kourier.settings import Settings
 from kourier.transports.memory import MemoryBroker, MemoryTransport
 from tests.client.conftest import Serve
-from tests.client.fake_service import NDJSON, Handler, Replies, silent
+from tests.client.fake_service import NDJSON, Handler, Replies, ensure_service, silent
 from tests.scripted import ScriptedTransport, never_acknowledged
 
 
@@ -306,7 +306,7 @@ def test_default_transport_is_kafka(settings: Settings) -> None:
 
 
 async def test_send_returns_after_ack_with_the_record_on_the_topic(
-    client: Client, broker: MemoryBroker, settings: Settings
+    client: Client, broker: MemoryBroker, settings: Settings, orders_topic: str
 ) -> None:
     """send() returns the request id once the record is on the request topic."""
     request_id = await client.send("orders", "POST", "/events", json={"n": 1}, key="k1")
@@ -318,7 +318,7 @@ async def test_send_returns_after_ack_with_the_record_on_the_topic(
 
 
 async def test_send_with_timeout_carries_a_deadline(
-    client: Client, broker: MemoryBroker, settings: Settings
+    client: Client, broker: MemoryBroker, settings: Settings, orders_topic: str
 ) -> None:
     """A one-way message with a timeout carries a deadline for the service."""
     await client.send("orders", "POST", "/events", timeout=30)
@@ -327,7 +327,7 @@ async def test_send_with_timeout_carries_a_deadline(
 
 
 async def test_enqueue_returns_before_the_ack_and_the_delivery_gives_the_id(
-    client: Client, broker: MemoryBroker, settings: Settings
+    client: Client, broker: MemoryBroker, settings: Settings, orders_topic: str
 ) -> None:
     """enqueue() queues without waiting; awaiting the Delivery gives the id once acked."""
     deliveries = [
@@ -354,7 +354,9 @@ def refuse_some(topic: str, value: bytes) -> asyncio.Future[None] | None:
 
 async def test_an_unacknowledged_request_times_out_at_its_deadline(settings: Settings) -> None:
     """No ack: ReplyTimeout at the deadline, saying so; a cancelled call stays cancelled."""
-    async with Client(settings, transport=ScriptedTransport(script=never_acknowledged)) as client:
+    transport = ScriptedTransport(script=never_acknowledged)
+    await ensure_service(MemoryTransport(transport.broker), settings)
+    async with Client(settings, transport=transport) as client:
         started = asyncio.get_running_loop().time()
         with pytest.raises(ReplyTimeout, match="did not acknowledge"):
             await client.request("orders", "GET", "/", timeout=0.2)
@@ -370,7 +372,9 @@ async def test_an_unacknowledged_request_times_out_at_its_deadline(settings: Set
 async def test_a_request_the_broker_refuses_fails_at_once(settings: Settings) -> None:
     """A two-way request whose publish the broker refuses raises PublishError as soon as
     the refusal comes, not at the deadline, and leaves no waiter behind."""
-    async with Client(settings, transport=ScriptedTransport(script=refuse_some)) as client:
+    transport = ScriptedTransport(script=refuse_some)
+    await ensure_service(MemoryTransport(transport.broker), settings)
+    async with Client(settings, transport=transport) as client:
         started = asyncio.get_running_loop().time()
         with pytest.raises(PublishError, match="broker said no"):
             await client.request("orders", "POST", "/", content="refuse", timeout=5)
@@ -380,7 +384,9 @@ async def test_a_request_the_broker_refuses_fails_at_once(settings: Settings) ->
 
 async def test_flush_raises_for_a_refused_message_nobody_awaited(settings: Settings) -> None:
     """A failed delivery is never silent: its await raises, and so does the next flush."""
-    async with Client(settings, transport=ScriptedTransport(script=refuse_some)) as client:
+    transport = ScriptedTransport(script=refuse_some)
+    await ensure_service(MemoryTransport(transport.broker), settings)
+    async with Client(settings, transport=transport) as client:
         good = await client.enqueue("orders", "POST", "/events", content=b"fine")
         bad = await client.enqueue("orders", "POST", "/events", content=b"refuse me")
         await client.enqueue("orders", "POST", "/events", content=b"refuse me too")
@@ -417,7 +423,13 @@ async def test_enqueue_validates_before_queueing(
     ],
 )
 async def test_the_target_is_encoded_as_httpx_would(
-    client: Client, broker: MemoryBroker, settings: Settings, path: str, params: Any, target: str
+    client: Client,
+    broker: MemoryBroker,
+    settings: Settings,
+    orders_topic: str,
+    path: str,
+    params: Any,
+    target: str,
 ) -> None:
     """Safe targets pass as they are, others are percent-encoded; "//x" stays a path."""
     await client.send("orders", "GET", path, params=params)

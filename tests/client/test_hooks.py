@@ -37,7 +37,7 @@ async def test_auth_header_hook_reaches_the_service(
 
 
 async def test_async_request_hook_applies_to_one_way_sends(
-    settings: Settings, transport: MemoryTransport, broker: MemoryBroker
+    settings: Settings, transport: MemoryTransport, broker: MemoryBroker, orders_topic: str
 ) -> None:
     """An async request hook runs for send() too, so a tenant id travels with messages."""
 

@@ -151,6 +151,9 @@ class FlakyReader(PartitionReader):
     async def stop(self) -> None:
         await self.inner.stop()
 
+    async def end_offset(self) -> int:
+        return await self.inner.end_offset()
+
     async def fetch(self, timeout: float) -> list[Record]:
         if not self.failed:
             self.failed = True

@@ -17,6 +17,8 @@ from kourier.errors import (
     PublishError,
     ReplyTimeout,
     RequestTooLarge,
+    ServiceNotFound,
+    ServiceUnavailable,
     StreamBroken,
 )
 from kourier.protocol import Request
@@ -182,19 +184,38 @@ async def test_broken_reply_is_a_remote_protocol_error(
         await http.get("/")
 
 
-async def test_unknown_topic_is_a_write_error(
-    settings: Settings, transport: MemoryTransport
+async def test_unknown_service_is_a_connect_error(
+    settings: Settings, transport: MemoryTransport, serve: Serve
 ) -> None:
-    """A request the broker refuses (no such topic) raises httpx.WriteError."""
+    """A service with no request topic raises httpx.ConnectError at once, as an unknown
+    host does, naming the service and the closest known one; no topic is created."""
+    await serve()
     manual = settings.replace(create_topics=False)
     await transport.ensure_topics([TopicSpec(manual.reply_topic, 1)])
     async with (
         Client(manual, transport=transport) as client,
-        httpx.AsyncClient(transport=KourierTransport(client), base_url="http://nobody") as http,
+        httpx.AsyncClient(transport=KourierTransport(client), base_url="http://ordres") as http,
     ):
-        with pytest.raises(httpx.WriteError, match="does not exist"):
+        with pytest.raises(httpx.ConnectError, match="did you mean 'orders'") as caught:
             await http.get("/")
+        assert isinstance(caught.value.__cause__, ServiceNotFound)
         assert client.inbox.waiting == 0
+    assert settings.request_topic("ordres") not in await transport.topic_names()
+
+
+async def test_service_without_live_instance_is_a_connect_error(
+    client: Client, orders_topic: str
+) -> None:
+    """A service whose topic exists but has no live instance raises httpx.ConnectError
+    (a refused connection) with ServiceUnavailable as its cause, without waiting."""
+    async with httpx.AsyncClient(
+        transport=KourierTransport(client), base_url="http://orders"
+    ) as http:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(httpx.ConnectError, match="no live instance") as caught:
+            await http.get("/")
+        assert asyncio.get_running_loop().time() - started < 0.5
+        assert isinstance(caught.value.__cause__, ServiceUnavailable)
 
 
 async def test_unsendable_requests_keep_their_errors(

@@ -118,9 +118,9 @@ def test_fail_gives_exit_22_on_an_error_status(
     assert kourier(env, "request", "e2e", "GET", "/nowhere").returncode == 0
 
 
-def test_a_timeout_exits_28_with_one_line(env: dict[str, str]) -> None:
-    """Nobody serves the service: the call times out with curl's exit code and no traceback."""
-    result = kourier(env, "request", "nobody-home", "GET", "/", "--timeout", "1")
+def test_a_timeout_exits_28_with_one_line(service: ServiceProcess, env: dict[str, str]) -> None:
+    """A reply that does not come in time: curl's exit code and no traceback."""
+    result = kourier(env, "request", "e2e", "POST", "/work/slow?ms=3000", "--timeout", "1")
     assert result.returncode == 28
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert "Traceback" not in result.stderr
@@ -159,13 +159,15 @@ def test_the_same_app_answers_http_during_a_migration(
 
 
 def test_topics_ensure_and_describe(env: dict[str, str]) -> None:
-    """`topics ensure` creates a service's topics; `describe` shows their partitions."""
+    """`topics ensure` creates a service's topics and the shared reply and registry
+    topics; `describe` shows their partitions."""
     assert kourier(env, "topics", "describe", "fresh").returncode == 1
     created = kourier({**env, "KOURIER_PARTITIONS": "2"}, "topics", "ensure", "fresh")
     assert created.returncode == 0, created.stderr
     prefix = env["KOURIER_TOPIC_PREFIX"]
     assert f"{prefix}fresh.requests: 2 partitions, replication factor 1" in created.stdout
     assert f"{prefix}fresh.dead-letters: 2 partitions" in created.stdout
+    assert f"{prefix}registry: 1 partitions" in created.stdout  # the shared registry
     described = kourier(env, "topics", "describe", "fresh")
     assert described.returncode == 0 and described.stdout == created.stdout
 

@@ -8,6 +8,8 @@ what became of every call; the services' handled logs say what ran, and how ofte
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -139,12 +141,15 @@ def test_sigterm_and_restart_lose_nothing_and_do_nothing_twice(
 
 
 def test_a_backlog_whose_callers_gave_up_is_skipped(make_env: MakeEnv, tmp_path: Path) -> None:
-    """No service runs while 400 calls are made: the 200 two-way calls (2 s deadline) end
-    in ReplyTimeout, the 200 one-way messages (no deadline) wait in Kafka. The service
-    that starts afterwards skips the expired two-way requests without running them and
-    handles every one-way message."""
-    env = make_env(kafka_bootstrap())
+    """The only service instance is killed (SIGKILL), and 400 calls are made while the
+    registry still counts it live (its last heartbeat is recent): the 200 two-way calls
+    (2 s deadline) end in ReplyTimeout, the 200 one-way messages (no deadline) wait in
+    Kafka. The service that starts afterwards skips the expired two-way requests without
+    running them and handles every one-way message."""
+    env = make_env(kafka_bootstrap(), KOURIER_HEARTBEAT_INTERVAL="30")
     began = time.monotonic()
+    with services(env, count=1) as [crashed]:
+        os.kill(crashed.process.pid, signal.SIGKILL)
     caller = CallerProcess(env, name="b", count=400, seconds=1.0, timeout=2.0)
     try:
         report = caller.report(timeout=60)

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Collection, Sequence
 
 from kourier import __version__
-from kourier.cli import admin, call, gateway, kafka, run
+from kourier.cli import admin, call, gateway, kafka, run, services
 from kourier.cli.common import (
     EXIT_BROKER,
     EXIT_HTTP_ERROR,
@@ -47,6 +47,8 @@ EPILOG = """examples:
   kourier send orders POST /events --json '{"kind": "ping"}'
   kourier topics ensure orders
   kourier dead-letters list orders
+  kourier services
+  kourier services describe orders
 
 Every setting can also come from a KOURIER_<SETTING> environment variable
 (e.g. KOURIER_BOOTSTRAP_SERVERS=127.0.0.1:9092)."""
@@ -66,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_parser(sub)
     call.add_parsers(sub)
     admin.add_parsers(sub)
+    services.add_parsers(sub)
     gateway.add_parsers(sub)
     kafka.add_parsers(sub)
     accept_global_options_after_commands(parser)
@@ -148,8 +151,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _exit_code(exc: KourierError) -> int:
-    from kourier.errors import BrokerError, SettingsError
+    from kourier.cli.common import EXIT_NO_SERVICE, EXIT_UNAVAILABLE
+    from kourier.errors import BrokerError, ServiceNotFound, ServiceUnavailable, SettingsError
 
+    if isinstance(exc, ServiceNotFound):
+        return EXIT_NO_SERVICE
+    if isinstance(exc, ServiceUnavailable):
+        return EXIT_UNAVAILABLE
     if isinstance(exc, ReplyTimeout):
         return EXIT_TIMEOUT
     if isinstance(exc, BrokerError):

@@ -96,7 +96,14 @@ async def _send(args: argparse.Namespace) -> int:
         request_id = await client.send(
             args.service, args.method, args.path, headers=headers, content=body
         )
+        live = await client.lookup.is_live(args.service)
     print(f"sent: {request_id}")
+    if not live:
+        print(
+            f"kourier: warning: no instance of {args.service!r} is live; the message waits "
+            "in its topic until one starts",
+            file=sys.stderr,
+        )
     return 0
 
 

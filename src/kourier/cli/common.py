@@ -20,6 +20,8 @@ EXIT_USAGE = 2
 EXIT_TIMEOUT = 28  # curl's "operation timed out"
 EXIT_HTTP_ERROR = 22  # curl's "HTTP page not retrieved" (with --fail)
 EXIT_BROKER = 7  # curl's "failed to connect"
+EXIT_NO_SERVICE = 6  # curl's "could not resolve host": no such service
+EXIT_UNAVAILABLE = 7  # curl's "failed to connect": no live instance of the service
 
 
 class CLIError(Exception):

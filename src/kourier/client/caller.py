@@ -29,6 +29,7 @@ import httpx
 from kourier import protocol
 from kourier.client.calls import Call, ObservedCall
 from kourier.client.hooks import CallerHooks, Hook
+from kourier.client.lookup import ServiceLookup
 from kourier.client.replies import ReplyInbox, ReplyWaiter
 from kourier.client.responses import ReplyStream, Response
 from kourier.client.retry import Retry
@@ -44,8 +45,9 @@ from kourier.errors import (
 from kourier.ops.metrics import ClientMetrics
 from kourier.ops.tracing import inject
 from kourier.protocol import Reply, ReplyAddress, Request
+from kourier.registry import ServiceInfo
 from kourier.settings import Settings
-from kourier.transports.base import TopicSpec, Transport
+from kourier.transports.base import Transport
 
 Headers = (
     httpx.Headers | Mapping[str, str] | Sequence[tuple[str, str]] | Sequence[tuple[bytes, bytes]]
@@ -132,7 +134,8 @@ class Client:
         self._owns_transport = transport is None
         self.transport = transport if transport is not None else _kafka(self.settings)
         self.inbox = ReplyInbox(self.transport, self.settings)
-        self._ready_topics: set[str] = set()
+        #: Which services exist and are live (the registry, read on first need).
+        self.lookup = ServiceLookup(self.transport, self.settings)
         self._deliveries: set[asyncio.Future[None]] = set()
         self._delivery_failures: list[BaseException] = []
         self._started = False
@@ -155,6 +158,7 @@ class Client:
             return
         self._started = False
         try:
+            await self.lookup.stop()
             await self.inbox.stop()
         finally:
             if self._owns_transport:
@@ -215,6 +219,7 @@ class Client:
                 scheme=scheme,
             )
             call.request_id(request.id)
+            await self._reachable(service, topic, deadline)
             policy = self._policy(retry, request)
             with self.inbox.expect(request.id) as waiter:
                 try:
@@ -349,6 +354,7 @@ class Client:
                 scheme=scheme,
             )
             call.request_id(request.id)
+            await self._reachable(service, topic, deadline)
             policy = self._policy(retry, request)
             waiter = self.inbox.expect(request.id)
             try:
@@ -412,6 +418,7 @@ class Client:
                 two_way=True,
             )
             call.request_id(request.id)
+            await self._reachable(topic_or_service, topic, deadline)
             with self.inbox.expect(request.id, gather=True) as waiter:
                 await self._publish(topic, request, deadline)
                 replies = await waiter.gather(count, deadline)
@@ -578,7 +585,6 @@ class Client:
         The common case (no retries) of ``request``; the same as ``_first_item`` with
         no policy and reading on to the end, without a timer per wait.
         """
-        await self._ensure_topic(topic)
         key, value, headers = protocol.encode_request(request)
         acknowledged = False
         try:
@@ -646,7 +652,6 @@ class Client:
 
     async def _publish(self, topic: str, request: Request, deadline: float) -> None:
         """Publish a two-way request and wait for the broker's ack, until the deadline."""
-        await self._ensure_topic(topic)
         key, value, headers = protocol.encode_request(request)
         try:
             async with asyncio.timeout_at(deadline):
@@ -677,7 +682,7 @@ class Client:
             method, path, headers, content, json, params, key, request_id, timeout, two_way=False
         )
         call.request_id(request.id)
-        await self._ensure_topic(topic)
+        await self.lookup.require_topic(topic)
         record_key, value, record_headers = protocol.encode_request(request)
         ack = asyncio.ensure_future(
             await self.transport.publish(topic, value, key=record_key, headers=record_headers)
@@ -691,12 +696,18 @@ class Client:
         if not ack.cancelled() and (error := ack.exception()) is not None:
             self._delivery_failures.append(error)
 
-    async def _ensure_topic(self, topic: str) -> None:
-        # Creating a service's topic here lets calls queue up before it first starts.
-        if self.settings.create_topics and topic not in self._ready_topics:
-            spec = TopicSpec(topic, self.settings.partitions, self.settings.replication_factor)
-            await self.transport.ensure_topics([spec])
-            self._ready_topics.add(topic)
+    async def _reachable(self, service: str, topic: str, deadline: float) -> None:
+        """Fail fast, as HTTP would: the service must exist and (for a service, not a
+        shared topic) have a live instance. See ``client/lookup.py``."""
+        await self.lookup.require_topic(topic)
+        if "." not in service:
+            await self.lookup.require_live(service, deadline)
+
+    async def services(self) -> dict[str, ServiceInfo]:
+        """The services in the registry, by name, with their instances (live or not)."""
+        if not self._started:
+            raise RuntimeError("the client is not started (use 'async with Client(...)')")
+        return await self.lookup.directory.services()
 
     @property
     def reply_address(self) -> ReplyAddress:

@@ -8,9 +8,16 @@ would see behind uvicorn). The response body is streamed item by item, so
 
 kourier's errors become the httpx exceptions httpx code already catches; a request
 that could never be sent (too large, a reserved ``kourier-`` header) keeps its own
-error. Per-request options go in ``extensions={"kourier": {"key": ..., "request_id":
-..., "retry": Retry(...) or False}}`` (without ``retry``, the client's default policy);
-the response's ``extensions["kourier"]`` holds its request and error ids. httpx's own
+error. A service that does not exist is ``httpx.ConnectError``, as an unknown host is
+(a DNS failure). A service with no live instance is ``httpx.ConnectError`` too, as a
+host that refuses connections is, not a 503 response: no server answered, so there is
+no response to give, and code that retries on ``httpx.ConnectError`` (a common
+pattern) then does the right thing. Each keeps its kourier error as ``__cause__``, so
+code can tell them apart.
+
+Per-request options go in ``extensions={"kourier": {"key": ..., "request_id": ...,
+"retry": Retry(...) or False}}`` (without ``retry``, the client's default policy); the
+response's ``extensions["kourier"]`` holds its request and error ids. httpx's own
 ``event_hooks`` run in httpx, before this transport sees the request; the client's
 hooks run as for any of its calls.
 """
@@ -25,7 +32,15 @@ import httpx
 
 from kourier.client.caller import Client
 from kourier.client.responses import ReplyStream
-from kourier.errors import BrokerError, KourierError, PublishError, ReplyTimeout, StreamBroken
+from kourier.errors import (
+    BrokerError,
+    KourierError,
+    PublishError,
+    ReplyTimeout,
+    ServiceNotFound,
+    ServiceUnavailable,
+    StreamBroken,
+)
 
 
 class KourierTransport(httpx.AsyncBaseTransport):
@@ -94,7 +109,7 @@ def as_httpx_error(error: KourierError, request: httpx.Request) -> Exception:
         return httpx.ReadTimeout(message, request=request)
     if isinstance(error, PublishError):
         return httpx.WriteError(message, request=request)
-    if isinstance(error, BrokerError):
+    if isinstance(error, BrokerError | ServiceNotFound | ServiceUnavailable):
         return httpx.ConnectError(message, request=request)
     if isinstance(error, StreamBroken):
         return httpx.RemoteProtocolError(message, request=request)

@@ -22,6 +22,7 @@ from kourier.ops.health import HealthServer
 from kourier.ops.logging import request_id_var, service_var
 from kourier.ops.tracing import TracingMiddleware
 from kourier.protocol import Reply, ReplyAddress, Request
+from kourier.server.announce import Announcer
 from kourier.server.asgi import JSON_HEADERS, ASGIApp, error_body, run_app
 from kourier.server.consumer import RequestConsumer
 from kourier.server.hooks import (
@@ -100,6 +101,8 @@ class Service:
         self.stats = ServiceStats()
         self.ready = asyncio.Event()
         self._lifespan = Lifespan(app)
+        #: Keeps this instance in the service registry (its ``task`` is the heartbeat).
+        self.announcer = Announcer(self.transport, self.settings, self.name, app)
         self._consumer: RequestConsumer | None = None
         self._started = False
         #: True from the moment ``stop`` begins: readiness turns false while draining.
@@ -145,6 +148,7 @@ class Service:
                     ]
                 )
             await self._lifespan.startup()
+            await self.announcer.start()
             self._consumer = RequestConsumer(
                 self.transport,
                 [self.request_topic, *self.extra_topics],
@@ -156,6 +160,7 @@ class Service:
             )
             await self._consumer.start()
         except BaseException:
+            await self.announcer.stop()
             await self._lifespan.shutdown()
             await self.transport.stop()
             raise
@@ -170,6 +175,7 @@ class Service:
         self._started = False
         self.ready.clear()
         self.draining = True
+        await self.announcer.stop()
         if self._consumer is not None:
             await self._consumer.stop()
         await self._lifespan.shutdown()

@@ -131,6 +131,14 @@ class PartitionReader(ABC):
     @abstractmethod
     async def fetch(self, timeout: float) -> list[Record]: ...
 
+    @abstractmethod
+    async def end_offset(self) -> int:
+        """The partition's end offset now: the offset its next record will get.
+
+        A reader from the beginning has read everything that was in the partition when
+        its position reaches this (the compacted registry is read up to it).
+        """
+
 
 class Transport(ABC):
     """A connection to a broker: publish records, create topics, make consumers."""
@@ -145,7 +153,7 @@ class Transport(ABC):
     async def publish(
         self,
         topic: str,
-        value: bytes,
+        value: bytes | None,
         *,
         key: bytes | None = None,
         headers: Sequence[tuple[str, bytes]] = (),
@@ -157,7 +165,9 @@ class Transport(ABC):
         published to one partition are acknowledged and stored in call order.
         Raises ``PublishError`` (now or from the awaitable) if the record is refused or
         not acknowledged in time. A timeout does not prove the record was not stored:
-        it may still arrive, so a retry needs an idempotency key.
+        it may still arrive, so a retry needs an idempotency key. A ``None`` value is a
+        tombstone: on a compacted topic it deletes its key (Kafka refuses a record
+        without a key on such a topic).
         """
 
     @abstractmethod
@@ -186,6 +196,10 @@ class Transport(ABC):
     @abstractmethod
     async def describe_topics(self, names: Sequence[str]) -> dict[str, TopicInfo]:
         """Partitions and replication of those of ``names`` that exist."""
+
+    @abstractmethod
+    async def topic_names(self) -> set[str]:
+        """The names of every topic the broker lets this client see (never creates one)."""
 
     @abstractmethod
     async def ping(self, timeout: float) -> bool:

@@ -294,7 +294,7 @@ class ConfluentTransport(Transport):
     async def publish(
         self,
         topic: str,
-        value: bytes,
+        value: bytes | None,
         *,
         key: bytes | None = None,
         headers: Sequence[tuple[str, bytes]] = (),
@@ -306,7 +306,7 @@ class ConfluentTransport(Transport):
         known = self._partitions.get(topic)
         if known is None or (partition is not None and not 0 <= partition < known):
             await self._check_destination(topic, partition)
-        size = len(value) + len(key or b"") + sum(len(k) + len(v) for k, v in headers)
+        size = len(value or b"") + len(key or b"") + sum(len(k) + len(v) for k, v in headers)
         acknowledged: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         on_delivery = functools.partial(deliveries.delivered, acknowledged, topic, size)
         deadline = time.monotonic() + REQUEST_TIMEOUT
@@ -404,6 +404,15 @@ class ConfluentTransport(Transport):
             )
             for name, description in descriptions.items()
         }
+
+    async def topic_names(self) -> set[str]:
+        admin = self._running_admin()
+        try:
+            # list_topics blocks on librdkafka's answer: off the event loop.
+            metadata = await asyncio.to_thread(admin.list_topics, timeout=REQUEST_TIMEOUT)
+        except KafkaException as err:
+            raise BrokerError(f"no metadata from Kafka at {self._servers}: {_reason(err)}") from err
+        return {name for name, topic in metadata.topics.items() if topic.error is None}
 
     async def _require_topics(self, topics: Iterable[str]) -> dict[str, list[int]]:
         """The partitions' leaders of each of ``topics``; BrokerError if one does not exist.
@@ -1354,6 +1363,18 @@ class ConfluentPartitionReader(PartitionReader):
     def _fail(self, error: BrokerError) -> None:
         self._failure = error
         self._buffer.changed.set()
+
+    async def end_offset(self) -> int:
+        thread = self._thread
+        if thread is None:
+            raise BrokerError("reader is not started")
+        topic, partition = self.tp
+        where = KafkaTopicPartition(topic, partition)
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT + 1):
+                return int(await thread.call(lambda consumer: _end_offset(consumer, where)))
+        except (KafkaException, TimeoutError) as err:
+            raise BrokerError(f"no end offset of {topic}[{partition}]: {_reason(err)}") from err
 
     async def fetch(self, timeout: float) -> list[Record]:
         if self._thread is None:

@@ -184,7 +184,7 @@ class KafkaTransport(Transport):
     async def publish(
         self,
         topic: str,
-        value: bytes,
+        value: bytes | None,
         *,
         key: bytes | None = None,
         headers: Sequence[tuple[str, bytes]] = (),
@@ -354,6 +354,16 @@ class KafkaTransport(Transport):
             name: TopicInfo(name, len(partitions), max((len(p[3]) for p in partitions), default=0))
             for name, partitions in (await self._topic_metadata(names)).items()
         }
+
+    async def topic_names(self) -> set[str]:
+        client = self._running_producer().client
+        # None asks for every topic; auto-creation off, as in _topic_metadata.
+        request = MetadataRequest(None, allow_auto_topic_creation=False)
+        try:
+            response = await within(_send_to_any_broker(client, request), REQUEST_TIMEOUT)
+        except (KafkaError, OSError, TimeoutError) as err:
+            raise BrokerError(f"no metadata from Kafka at {self._servers}: {_reason(err)}") from err
+        return {name for error_code, name, *_ in response.topics if error_code == 0}
 
     def _consumer_options(self) -> dict[str, Any]:
         return {
@@ -661,6 +671,17 @@ class KafkaPartitionReader(PartitionReader):
         if consumer is not None:
             await _stop_consumer(consumer)
 
+    async def end_offset(self) -> int:
+        if self._consumer is None:
+            raise BrokerError("reader is not started")
+        topic, partition = self.tp
+        tp = KafkaTopicPartition(topic, partition)
+        try:
+            ends = await within(self._consumer.end_offsets([tp]), REQUEST_TIMEOUT)
+        except (KafkaError, OSError, TimeoutError) as err:
+            raise BrokerError(f"no end offset of {topic}[{partition}]: {_reason(err)}") from err
+        return int(ends[tp])
+
     async def fetch(self, timeout: float) -> list[Record]:
         if self._consumer is None:
             raise BrokerError("reader is not started")
@@ -705,15 +726,15 @@ def _record(message: Any) -> Record:
     )
 
 
-def _size(value: bytes, key: bytes | None, headers: Sequence[tuple[str, bytes]]) -> int:
+def _size(value: bytes | None, key: bytes | None, headers: Sequence[tuple[str, bytes]]) -> int:
     """A record's size as error messages give it (counted only when one is written)."""
-    return len(value) + len(key or b"") + sum(len(k) + len(v or b"") for k, v in headers)
+    return len(value or b"") + len(key or b"") + sum(len(k) + len(v or b"") for k, v in headers)
 
 
 def _acknowledgement(
     delivery: Any,
     topic: str,
-    value: bytes,
+    value: bytes | None,
     key: bytes | None,
     headers: Sequence[tuple[str, bytes]],
 ) -> asyncio.Future[None]:

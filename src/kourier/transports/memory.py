@@ -4,7 +4,11 @@ It keeps Kafka's rules so that code tested here works on Kafka: topics must be c
 first, a record has a size limit, partitions are split among a group's members, a
 rebalance revokes every member's partitions before any member gets the new ones (the
 eager protocol), a commit for a partition the member no longer owns fails, and a new
-group starts at the earliest offset. It must never deliver something Kafka would not.
+group starts at the earliest offset. A compacted topic (``cleanup.policy=compact``)
+refuses records without a key and takes tombstones (``None`` values); it is never
+compacted here, which Kafka allows too (its cleaner never touches the active segment,
+nor runs on a schedule anyone can count on), so readers meet the worst case: every old
+value is still there. It must never deliver something Kafka would not.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ class MemoryBroker:
     def __init__(self, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
         self.max_record_bytes = max_record_bytes
         self.topics: dict[str, list[list[Record]]] = {}
+        #: The ``cleanup.policy=compact`` topics among ``topics``.
+        self.compacted: set[str] = set()
         self._groups: dict[str, _Group] = {}
         self._changed = asyncio.Event()
         self._round_robin = itertools.count()
@@ -58,7 +64,7 @@ class MemoryBroker:
     def append(
         self,
         topic: str,
-        value: bytes,
+        value: bytes | None,
         key: bytes | None,
         headers: Sequence[tuple[str, bytes]],
         partition: int | None,
@@ -66,7 +72,9 @@ class MemoryBroker:
         partitions = self.topics.get(topic)
         if partitions is None:
             raise PublishError(f"topic {topic!r} does not exist")
-        size = len(value) + len(key or b"") + sum(len(k) + len(v) for k, v in headers)
+        if key is None and topic in self.compacted:
+            raise PublishError(f"compacted topic {topic!r} cannot take a record without a key")
+        size = len(value or b"") + len(key or b"") + sum(len(k) + len(v) for k, v in headers)
         if size > self.max_record_bytes:
             raise PublishError(
                 f"record of {size} bytes is larger than the broker's limit "
@@ -272,6 +280,9 @@ class MemoryPartitionReader(PartitionReader):
     async def stop(self) -> None:
         self._position = None
 
+    async def end_offset(self) -> int:
+        return self.broker.end_offset(self.tp)
+
     async def fetch(self, timeout: float) -> list[Record]:
         if self._position is None:
             raise BrokerError("reader is not started")
@@ -302,7 +313,7 @@ class MemoryTransport(Transport):
     async def publish(
         self,
         topic: str,
-        value: bytes,
+        value: bytes | None,
         *,
         key: bytes | None = None,
         headers: Sequence[tuple[str, bytes]] = (),
@@ -318,6 +329,8 @@ class MemoryTransport(Transport):
         for spec in topics:
             if spec.name not in self.broker.topics:
                 self.broker.topics[spec.name] = [[] for _ in range(spec.partitions)]
+                if (spec.config or {}).get("cleanup.policy") == "compact":
+                    self.broker.compacted.add(spec.name)
 
     async def partition_count(self, topic: str) -> int:
         if topic not in self.broker.topics:
@@ -345,6 +358,9 @@ class MemoryTransport(Transport):
             for name in names
             if name in self.broker.topics
         }
+
+    async def topic_names(self) -> set[str]:
+        return set(self.broker.topics)
 
     async def ping(self, timeout: float) -> bool:
         return True

@@ -1,0 +1,135 @@
+"""Before a call goes out: does its service exist, and is an instance of it live?
+
+HTTP fails at once for a misspelt host or a server that is down; over Kafka a request
+to a topic nobody reads would just wait for its whole timeout. ``ServiceLookup``
+answers both questions from what is cheap to know: the service's request topic (asked
+of the broker once per service, then remembered) and the registry (``Directory``, read
+once per client, then followed).
+
+- No request topic: ``ServiceNotFound``, naming the closest known names.
+- A two-way call and no live instance: ``ServiceUnavailable`` at once, or after waiting
+  up to ``wait_for_instance`` seconds (within the call's deadline) for one to come.
+  An instance whose heartbeat is late but not long gone (a broker outage stops every
+  heartbeat) is waited for up to one heartbeat interval first.
+- A one-way send needs only the topic: the request waits in it for an instance.
+
+It must never create a topic (services and ``kourier topics ensure`` do) and never
+cost a broker round trip once a service's topic is known to exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import logging
+import time
+
+from kourier.errors import BrokerError, ServiceNotFound, ServiceUnavailable
+from kourier.registry import Directory, ServiceInfo
+from kourier.settings import Settings
+from kourier.transports.base import Transport
+
+logger = logging.getLogger("kourier.client")
+
+REQUESTS_SUFFIX = ".requests"
+
+
+class ServiceLookup:
+    """One client's knowledge of which services exist and which have live instances."""
+
+    def __init__(self, transport: Transport, settings: Settings) -> None:
+        self._transport = transport
+        self._settings = settings
+        self.directory = Directory(transport, settings)
+        self._known_topics: set[str] = set()
+
+    async def stop(self) -> None:
+        await self.directory.stop()
+
+    async def require_topic(self, topic: str) -> None:
+        """``ServiceNotFound`` unless ``topic`` (a service's request topic, or a shared
+        topic) exists."""
+        if topic in self._known_topics:
+            return
+        if topic not in await self._transport.describe_topics([topic]):
+            raise ServiceNotFound(await self._not_found(topic))
+        self._known_topics.add(topic)
+
+    async def require_live(self, service: str, deadline: float) -> None:
+        """``ServiceUnavailable`` unless an instance of ``service`` is live, waiting for
+        one up to ``wait_for_instance`` seconds but not past ``deadline`` (loop time)."""
+        directory = self.directory
+        if directory.has_live(service):
+            return
+        await directory.ready()
+        if directory.has_live(service):
+            return
+        wait = max(self._settings.wait_for_instance, directory.stale_grace(service))
+        wait = min(wait, deadline - _loop_time())
+        if wait > 0:
+            logger.info("no live instance of %r: waiting up to %.1f s for one", service, wait)
+            if await directory.wait_for_live(service, wait):
+                return
+        raise ServiceUnavailable(self._unavailable(service, directory.service(service), wait))
+
+    async def is_live(self, service: str) -> bool:
+        """Whether an instance of ``service`` is live now (the registry read first)."""
+        await self.directory.ready()
+        return self.directory.has_live(service)
+
+    async def _not_found(self, topic: str) -> str:
+        service = self._service_of(topic)
+        if service is None:  # a shared topic (scatter-gather), not a service's
+            return f"no topic {topic!r}: the services that consume it create it when they start"
+        known = await self._known_names()
+        close = difflib.get_close_matches(service, sorted(known), n=3, cutoff=0.6)
+        message = f"no service {service!r}"
+        if close:
+            message += "; did you mean " + " or ".join(repr(name) for name in close) + "?"
+        return (
+            f"{message} (its request topic {topic} does not exist: a service creates it when "
+            f"it starts, or run 'kourier topics ensure {service}')"
+        )
+
+    async def _known_names(self) -> set[str]:
+        """Service names from the request topics that exist, and from the registry as
+        far as this client has read it (not waited for: every service that announced
+        itself created its request topic, and a first read can take half a second)."""
+        names: set[str] = set()
+        try:
+            for topic in await self._transport.topic_names():
+                if (service := self._service_of(topic)) is not None:
+                    names.add(service)
+        except BrokerError as exc:
+            # The suggestions are a courtesy: the error stands without them.
+            logger.debug("no service names to suggest: %s", exc)
+        return names | self.directory.names()
+
+    def _service_of(self, topic: str) -> str | None:
+        """The service whose request topic ``topic`` is, or None."""
+        prefix = self._settings.topic_prefix
+        if topic.startswith(prefix) and topic.endswith(REQUESTS_SUFFIX):
+            service = topic[len(prefix) : -len(REQUESTS_SUFFIX)]
+            if "." not in service:
+                return service
+        return None
+
+    def _unavailable(self, service: str, info: ServiceInfo | None, waited: float) -> str:
+        if info is None:
+            why = "no instance of it is in the registry: none started, or all stopped"
+        else:
+            newest = max(info.instances, key=lambda i: i.heartbeat_at)
+            why = (
+                f"the last heartbeat of its {len(info.instances)} instance(s) was "
+                f"{time.time() - newest.heartbeat_at:.0f} s ago"
+            )
+        waited_text = f" after waiting {waited:.1f} s" if waited > 0 else ""
+        return (
+            f"no live instance of service {service!r}{waited_text} ({why}); start one with "
+            "'kourier run', or set wait_for_instance (KOURIER_WAIT_FOR_INSTANCE) to wait "
+            "for one during restarts"
+        )
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
