@@ -101,7 +101,9 @@ async def test_a_replay_that_cannot_be_marked_says_so(caplog: pytest.LogCaptureF
         letters = await admin.read_dead_letters(transport, settings, "orders", idle=0.1)
         publish = transport.publish
 
-        async def refuse_markers(topic: str, value: bytes | None, **options: Any) -> Awaitable[None]:
+        async def refuse_markers(
+            topic: str, value: bytes | None, **options: Any
+        ) -> Awaitable[None]:
             if topic == settings.dead_letter_topic("orders"):
                 raise BrokerError("not authorised to use topic")
             return await publish(topic, value, **options)

@@ -8,6 +8,7 @@ or one without a live instance is told apart by the client's own fail-fast check
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -311,3 +312,34 @@ def test_docs_page_in_chromium_lists_services_and_tries_a_call(listed: str, tmp_
             browser.close()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(shot, ARTIFACTS / shot.name)
+
+
+def test_services_describe_asyncapi_prints_a_valid_document(
+    processes: dict[str, str], env: dict[str, str]
+) -> None:
+    """`kourier services describe alpha --asyncapi` fetches alpha's OpenAPI document over
+    Kafka and prints an AsyncAPI 3.0 document that validates against the published schema;
+    for an unknown service it exits 6."""
+    from tests.gateway.test_docs import validate
+
+    result = subprocess.run(
+        kourier("services", "describe", "alpha", "--asyncapi"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    validate(document)
+    assert document["asyncapi"].startswith("3.0")
+    assert any("requests" in channel["address"] for channel in document["channels"].values())
+    unknown = subprocess.run(
+        kourier("services", "describe", "alpah", "--asyncapi"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert unknown.returncode == 6, unknown.stderr
+    assert "alpha" in unknown.stderr

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 
 import pytest
 
+from kourier import admin
 from kourier.errors import (
     BrokerError,
     RequestTooLarge,
@@ -150,6 +151,7 @@ async def test_unknown_service_in_the_catalog_is_404(stack: Stack) -> None:
 async def test_service_without_live_instance_is_503_for_two_way_calls(stack: Stack) -> None:
     """A two-way call to a service with no live instance is a 503 problem with
     Retry-After; a one-way message is still accepted, to wait in Kafka."""
+    await admin.ensure_topics(stack.client.transport, stack.settings, "closed")
     async with http(stack.gateway(catalog=Catalog())) as client:
         response = await client.get("/closed/items")
         one_way = await client.post(

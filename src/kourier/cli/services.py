@@ -14,13 +14,21 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from kourier.cli.common import EXIT_NO_SERVICE, EXIT_UNAVAILABLE, CLIError, connected
+from kourier.cli.common import (
+    EXIT_NO_SERVICE,
+    EXIT_UNAVAILABLE,
+    CLIError,
+    connected,
+    settings_from,
+)
 from kourier.registry import InstanceInfo, ServiceInfo
 
 
 async def _services(args: argparse.Namespace) -> int:
     from kourier.registry import Directory
 
+    if args.asyncapi:
+        return await _asyncapi(args)
     async with connected(args) as (transport, settings):
         directory = Directory(transport, settings.replace(create_topics=False))
         try:
@@ -36,6 +44,27 @@ async def _services(args: argparse.Namespace) -> int:
         print("no services in the registry (none has started since it was created)")
     for service in found.values():
         _print_service(service)
+    return 0
+
+
+async def _asyncapi(args: argparse.Namespace) -> int:
+    """Print the AsyncAPI 3.0 document of a service's Kafka side, built from the OpenAPI
+    document its app serves (fetched over Kafka, as the gateway's /docs does)."""
+    from kourier.client import Client
+    from kourier.gateway.asyncapi import describe
+    from kourier.gateway.openapi import OpenAPIUnavailable
+
+    if args.action != "describe" or args.name is None:
+        raise CLIError(
+            "--asyncapi: say which service: kourier services describe NAME --asyncapi", 2
+        )
+    settings = settings_from(args)
+    async with Client(settings) as client:
+        try:
+            document = await describe(client, args.name, settings)
+        except OpenAPIUnavailable as exc:
+            raise CLIError(f"{args.name}: no AsyncAPI document: {exc}", 1) from None
+    print(json.dumps(document, indent=2))
     return 0
 
 
@@ -109,10 +138,17 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "(live: a heartbeat in the last 3 heartbeat intervals), or describe one: its "
         "instances and routes. 'describe' exits 6 for an unknown service and 7 when none "
         "of its instances is live.",
-        epilog="examples:\n  kourier services\n  kourier services describe orders --json",
+        epilog="examples:\n  kourier services\n  kourier services describe orders --json\n"
+        "  kourier services describe orders --asyncapi > orders.asyncapi.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     services.add_argument("action", nargs="?", choices=["list", "describe"], default="list")
     services.add_argument("name", nargs="?", help="describe: the service")
     services.add_argument("--json", action="store_true", help="print JSON")
+    services.add_argument(
+        "--asyncapi",
+        action="store_true",
+        help="describe: print the AsyncAPI 3.0 document of the service's Kafka side "
+        "(request, reply and dead-letter channels), built from its app's OpenAPI document",
+    )
     services.set_defaults(func=lambda a: asyncio.run(_services(a)))

@@ -74,6 +74,10 @@ class StaticCatalog:
     async def services(self) -> Mapping[str, ServiceView]:
         return self._services
 
+    def allows(self, name: str) -> bool:
+        """Whether the gateway may call ``name`` at all (the ``--service`` list)."""
+        return name in self._services
+
 
 class CachedCatalog:
     """``source``'s answer, kept for ``ttl`` seconds; ``only`` keeps just those names."""
@@ -88,6 +92,10 @@ class CachedCatalog:
         self._value: Mapping[str, ServiceView] | None = None
         self._at = 0.0
         self._lock = asyncio.Lock()
+
+    def allows(self, name: str) -> bool:
+        """Whether the gateway may call ``name`` at all: any name without ``only``."""
+        return self.only is None or name in self.only
 
     async def services(self) -> Mapping[str, ServiceView]:
         now = asyncio.get_running_loop().time()

@@ -157,9 +157,22 @@ class Forwarder:
         return seconds
 
     async def _check_service(self, service: str, *, two_way: bool) -> None:
-        """404 for a service the catalog does not know; 503 for a two-way call to one
-        with no live instance (a one-way message waits in Kafka for the next one)."""
+        """404 for a service the gateway may not call (a ``--service`` list), else the
+        call's own fail-fast decides: the client raises ServiceNotFound (404) when no
+        request topic exists and ServiceUnavailable (503) when no instance is live. The
+        registry alone cannot tell "unknown" from "all instances stopped" (a clean stop
+        withdraws the instance), so it is not asked here. A catalog without ``allows``
+        (one of the user's) is read as the list of services."""
         if self.catalog is None:
+            return
+        allows = getattr(self.catalog, "allows", None)
+        if callable(allows):
+            if not allows(service):
+                raise problems.not_found(
+                    service,
+                    why=f"{service!r} is not one of the services this gateway serves "
+                    "(kourier gateway --service).",
+                )
             return
         try:
             services = await self.catalog.services()
