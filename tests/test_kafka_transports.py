@@ -594,6 +594,39 @@ async def test_stop_ends_a_waiting_fetch(transport: KafkaTransports) -> None:
 
 
 @kafka_broker
+async def test_a_record_without_key_or_value_wakes_a_waiting_fetch(
+    transport: KafkaTransports,
+) -> None:
+    """A record with no key and an empty value (a GET request, a stream's end item) ends
+    a fetch that waits for records at once, for a group member and for a reader alike:
+    not when the fetch's timeout runs out."""
+    topic = await new_topic(transport)
+    consumer = transport.group_consumer([topic], unique("group"))
+    await consumer.start()
+    reader = transport.partition_reader(topic, 0)
+    await reader.start()
+    try:
+        await publish_all(transport, topic, [b"warm-up"])
+        assert len(await fetch_n(consumer, 1)) == 1  # assigned and positioned
+        assert len(await read_n(reader, 1)) == 1
+        waits = [
+            asyncio.create_task(consumer.fetch(10, 10.0)),
+            asyncio.create_task(reader.fetch(10.0)),
+        ]
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        await publish_all(transport, topic, [b""])
+        fetched, read = await asyncio.wait_for(asyncio.gather(*waits), 15)
+        took = time.monotonic() - started
+        assert [r.value or b"" for r in fetched] == [b""]
+        assert [r.value or b"" for r in read] == [b""]
+        assert took < 2.0, f"the fetch slept {took:.2f} s: the record did not wake it"
+    finally:
+        await reader.stop()
+        await consumer.stop()
+
+
+@kafka_broker
 async def test_transport_stop_closes_consumers_left_open(
     client: Client, settings: Settings
 ) -> None:

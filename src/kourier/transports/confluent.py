@@ -128,6 +128,9 @@ PAUSE_AFTER_BYTES = 4 * 1024 * 1024
 CONSUME_BATCH = 1000
 #: Room above the largest body for a record's key, headers and batch framing.
 RECORD_OVERHEAD_BYTES = 64 * 1024
+#: What one buffered record costs beyond its key, value and headers (the Record object,
+#: its tuple of headers): counted so that records without bytes still fill the buffer.
+BUFFERED_RECORD_BYTES = 200
 #: Group membership: a dead member is noticed after the session timeout; a live one learns
 #: of a rebalance at its next heartbeat, so a short interval makes joins quick.
 SESSION_TIMEOUT_MS = 10_000
@@ -693,7 +696,7 @@ class _RecordBuffer:
         self.changed = asyncio.Event()
 
     def add(self, records: Iterable[Record]) -> None:
-        ready = self.ready_bytes
+        ready = False
         for record in records:
             tp = (record.topic, record.partition)
             self._records.setdefault(tp, collections.deque()).append(record)
@@ -701,7 +704,10 @@ class _RecordBuffer:
                 self.held_bytes += _size(record)
             else:
                 self.ready_bytes += _size(record)
-        if self.ready_bytes > ready:
+                ready = True
+        # Woken by records, not by bytes: a request without key or body (a GET) is a
+        # record all the same, and a fetch that waited on the bytes slept its timeout.
+        if ready:
             self.changed.set()
 
     def take(self, limit: int) -> list[Record]:
@@ -742,7 +748,7 @@ class _RecordBuffer:
             size = sum(_size(r) for r in self._records.get(tp, ()))
             self.held_bytes -= size
             self.ready_bytes += size
-            if size:
+            if tp in self._records:
                 self.changed.set()
         self.paused -= set(partitions)
 
@@ -1430,7 +1436,10 @@ def _record(message: Message) -> Record:
 
 
 def _size(record: Record) -> int:
-    return len(record.value or b"") + len(record.key or b"")
+    """What a record holds in memory, near enough for the prefetch bounds: its bytes and
+    a fixed share for the object, so a flood of empty records is bounded too."""
+    headers = sum(len(name) + len(value) for name, value in record.headers)
+    return len(record.value or b"") + len(record.key or b"") + headers + BUFFERED_RECORD_BYTES
 
 
 def _kafka_error(err: BaseException) -> KafkaError | None:
