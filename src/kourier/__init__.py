@@ -9,6 +9,7 @@ from kourier.client import (
     Response,
     Retry,
 )
+from kourier.deadline import time_left
 from kourier.errors import (
     BrokerError,
     KourierError,
@@ -47,4 +48,5 @@ __all__ = [
     "SettingsError",
     "StreamBroken",
     "serve",
+    "time_left",
 ]

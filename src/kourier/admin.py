@@ -28,6 +28,8 @@ def service_topics(settings: Settings, service: str) -> list[TopicSpec]:
             settings.dead_letter_topic(service), settings.partitions, settings.replication_factor
         ),
         TopicSpec(settings.reply_topic, settings.reply_partitions, settings.replication_factor),
+        # Every instance of the service reads all of it: one partition is one reader.
+        TopicSpec(settings.cancel_topic(service), 1, settings.replication_factor),
     ]
 
 

@@ -37,10 +37,15 @@ H_ERROR = "kourier-error"
 H_ATTEMPT = "kourier-attempt"
 #: Optional on replies: which service answered (scatter-gather groups items by it).
 H_FROM = "kourier-from"
+#: Optional on requests: the id of the request whose handler made this call.
+H_PARENT = "kourier-parent"
+#: Optional on cancels: why the caller stopped waiting.
+H_REASON = "kourier-reason"
 
 TYPE_REQUEST = b"request"
 TYPE_MESSAGE = b"message"
 TYPE_REPLY = b"reply"
+TYPE_CANCEL = b"cancel"
 
 # Bounds that keep a hostile record from costing more than it should.
 MAX_ID_LENGTH = 128
@@ -50,6 +55,7 @@ MAX_HEADERS = 256
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}$")
 _ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9a-z]{1,256}$")
+_REASON = re.compile(rb"^[a-z0-9_-]{1,64}$")
 
 KafkaHeaders = list[tuple[str, bytes]]
 HttpHeaders = list[tuple[bytes, bytes]]
@@ -118,6 +124,8 @@ class Request:
     reply_to: ReplyAddress | None = None
     key: bytes | None = None
     attempt: int = 1
+    #: The request whose handler made this call (``kourier-parent``), if any.
+    parent_id: str | None = None
 
     @property
     def one_way(self) -> bool:
@@ -193,6 +201,8 @@ def encode_request(request: Request) -> tuple[bytes | None, bytes, KafkaHeaders]
         headers.append((H_DEADLINE, str(request.deadline_ms).encode("ascii")))
     if request.attempt != 1:
         headers.append((H_ATTEMPT, str(request.attempt).encode("ascii")))
+    if request.parent_id is not None:
+        headers.append((H_PARENT, request.parent_id.encode("ascii")))
     headers.extend((name.decode("latin-1"), value) for name, value in request.headers)
     return request.key, request.body, headers
 
@@ -346,6 +356,9 @@ def decode_request(
                 _reply_addresses.clear()
             _reply_addresses[raw_reply_to] = reply_to
     attempt = _int(own, H_ATTEMPT) or 1
+    parent = own.get(H_PARENT)
+    if parent is not None and not _ID.match(parent):
+        raise ProtocolError(f"{H_PARENT} {parent[:40]!r} is not a valid request id")
     return Request(
         raw_id.decode("ascii"),
         method.decode("ascii").upper(),
@@ -356,6 +369,7 @@ def decode_request(
         reply_to,
         key,
         attempt,
+        None if parent is None else parent.decode("ascii"),
     )
 
 
@@ -386,3 +400,35 @@ def decode_reply(value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> R
         error_id=error.decode("ascii", "replace") if error else None,
         responder=responder.decode("ascii") if responder else None,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """A caller's request to stop the handler of ``request_id`` (it stopped waiting)."""
+
+    request_id: str
+    reason: str | None = None
+
+
+def encode_cancel(cancel: Cancel) -> tuple[bytes, bytes, KafkaHeaders]:
+    headers: KafkaHeaders = [
+        (H_VERSION, VERSION),
+        (H_TYPE, TYPE_CANCEL),
+        (H_ID, cancel.request_id.encode("ascii")),
+    ]
+    if cancel.reason is not None:
+        headers.append((H_REASON, cancel.reason.encode("ascii")))
+    return cancel.request_id.encode("ascii"), b"", headers
+
+
+def decode_cancel(headers: Sequence[tuple[str, bytes]]) -> Cancel:
+    own, _ = _split(headers)
+    if _required(own, H_TYPE) != TYPE_CANCEL:
+        raise ProtocolError("not a cancel record")
+    raw_id = _required(own, H_ID)
+    if not _ID.match(raw_id):
+        raise ProtocolError(f"{H_ID} {raw_id[:40]!r} is not a valid request id")
+    reason = own.get(H_REASON)
+    if reason is not None and not _REASON.match(reason):
+        raise ProtocolError(f"{H_REASON} {reason[:40]!r} is not 1-64 of a-z 0-9 _ -")
+    return Cancel(raw_id.decode("ascii"), None if reason is None else reason.decode("ascii"))

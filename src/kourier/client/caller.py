@@ -26,8 +26,9 @@ from typing import Any, Literal
 
 import httpx
 
-from kourier import protocol
+from kourier import deadline, protocol
 from kourier.client.calls import Call, ObservedCall
+from kourier.client.cancel import CancelSender
 from kourier.client.hooks import CallerHooks, Hook
 from kourier.client.replies import ReplyInbox, ReplyWaiter
 from kourier.client.responses import ReplyStream, Response
@@ -131,6 +132,8 @@ class Client:
         self._owns_transport = transport is None
         self.transport = transport if transport is not None else _kafka(self.settings)
         self.inbox = ReplyInbox(self.transport, self.settings)
+        #: Cancels for calls that ended before their reply did (``client/cancel.py``).
+        self.cancels = CancelSender(self.transport, self.settings)
         self._ready_topics: set[str] = set()
         self._deliveries: set[asyncio.Future[None]] = set()
         self._delivery_failures: list[BaseException] = []
@@ -154,6 +157,7 @@ class Client:
             return
         self._started = False
         try:
+            await self.cancels.stop()
             await self.inbox.stop()
         finally:
             if self._owns_transport:
@@ -212,7 +216,7 @@ class Client:
             )
             call.request_id(request.id)
             policy = self._policy(retry, request)
-            with self.inbox.expect(request.id) as waiter:
+            with self.inbox.expect(request.id) as waiter, self.cancels.guard(service, request.id):
                 try:
                     if policy is None:
                         items = await self._answer(topic, request, waiter, deadline)
@@ -346,7 +350,7 @@ class Client:
             policy = self._policy(retry, request)
             waiter = self.inbox.expect(request.id)
             try:
-                with self._counting_timeouts():
+                with self._counting_timeouts(), self.cancels.guard(service, request.id):
                     first = await self._first_item(topic, request, waiter, policy, deadline)
             except BaseException:
                 waiter.close()
@@ -355,8 +359,9 @@ class Client:
         with waiter:
             reply = ReplyStream(waiter, first, seconds)
             try:
-                await self.hooks.emit("response", reply)
-                yield reply
+                with self.cancels.guard(service, request.id, unfinished=reply.unfinished):
+                    await self.hooks.emit("response", reply)
+                    yield reply
             finally:
                 await reply.aclose()
 
@@ -428,11 +433,12 @@ class Client:
     ) -> AbstractContextManager[Call]:
         return ObservedCall(self.metrics, service, method, path, topic, one_way=one_way)
 
-    def _timeout(self, timeout: float | None) -> float:
+    def _timeout(self, timeout: float | None, *, inherit: bool = True) -> float:
+        """The call's timeout; inside a handler, at most its time left (``inherit``)."""
         seconds = self.settings.default_timeout if timeout is None else timeout
         if seconds <= 0:
             raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
-        return seconds
+        return deadline.inherit(seconds) if inherit else seconds
 
     async def _request(
         self,
@@ -464,6 +470,7 @@ class Client:
             deadline_ms=None if timeout is None else protocol.now_ms() + int(timeout * 1000),
             reply_to=self.inbox.address if two_way else None,
             key=key.encode("utf-8") if isinstance(key, str) else key,
+            parent_id=deadline.current_request_id(),
         )
         if self.hooks.has("request"):
             await self.hooks.emit("request", request)
@@ -653,7 +660,8 @@ class Client:
     ) -> Delivery:
         """Build a one-way request and queue it: its delivery, tracked until settled."""
         if timeout is not None:
-            timeout = self._timeout(timeout)
+            # One-way work is not bounded by the handler that sends it: it runs later.
+            timeout = self._timeout(timeout, inherit=False)
         request = await self._request(
             method, path, headers, content, json, params, key, request_id, timeout, two_way=False
         )
