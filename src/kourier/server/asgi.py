@@ -59,6 +59,7 @@ def build_scope(request: Request, service: str, state: dict[str, Any] | None) ->
                 "key": request.key,
                 "deadline_ms": request.deadline_ms,
                 "attempt": request.attempt,
+                "parent_id": request.parent_id,
             }
         },
     }

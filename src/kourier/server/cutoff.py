@@ -57,7 +57,7 @@ class HandlerCut(Exception):
             return f"cancelled by its caller after {self.seconds:.3f} s"
         if self.reason == TIME_LIMIT:
             return f"timed out (time limit {self.seconds:g} s)"
-        return f"deadline passed while the handler ran ({self.seconds:.3f} s)"
+        return f"ran past its deadline ({self.seconds:.3f} s)"
 
 
 class Cutoff:
