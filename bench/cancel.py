@@ -60,8 +60,11 @@ async def app(
     if scope["path"] != "/hold":
         await send({"type": "http.response.body", "body": b"pong"})
         return
-    await send({"type": "http.response.body", "body": b"holding\n", "more_body": True})
     try:
+        # The cancel may come while the first item's send still waits for the broker's
+        # ack (the caller can read the item before the service hears the ack), so the
+        # send is inside the try too.
+        await send({"type": "http.response.body", "body": b"holding\n", "more_body": True})
         await asyncio.sleep(3600)
     except asyncio.CancelledError:
         seen = time.time()

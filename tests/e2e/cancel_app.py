@@ -66,7 +66,9 @@ async def stream(request: Request) -> Response:
                 yield json.dumps({"i": i}) + "\n"
                 i += 1
                 await asyncio.sleep(pause)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
+            # GeneratorExit: the cut came while Starlette was sending an item, and it
+            # closes the generator where it was suspended, at its yield.
             event(f"cancelled {tag}")
             raise
 
