@@ -17,6 +17,8 @@ from kourier import protocol
 from kourier.client import Client, KourierTransport
 from kourier.errors import ReplyTimeout
 from kourier.protocol import Reply, ReplyAddress, Request
+from kourier.server import cutoff as cutoff_module
+from kourier.server.cutoff import HandlerCut, RunningHandlers
 from kourier.server.serve import H_DEAD_REASON, Service
 from kourier.settings import Settings
 from kourier.transports.base import PartitionReader, Record, TopicSpec
@@ -249,3 +251,54 @@ async def test_services_without_a_cancels_topic_still_serve(setup: Setup) -> Non
         await setup.client.request("old", "GET", "/", timeout=0.1)
     await eventually(lambda: setup.client.cancels.not_sent == 1)
     assert setup.client.cancels.sent == 0
+
+
+async def test_a_cut_before_the_run_starts_means_it_never_starts() -> None:
+    """A run cut before it began raises HandlerCut at once and never runs its work."""
+    running = RunningHandlers(message_timeout=1.0)
+    request = Request("r-early", "GET", "/", reply_to=ReplyAddress("r", 0))
+    cutoff = running.cutoff(request)
+    cutoff.cut()
+    ran = False
+
+    async def work() -> None:
+        nonlocal ran
+        ran = True
+
+    with pytest.raises(HandlerCut, match="cancelled by its caller"):
+        await cutoff.run(work())
+    assert not ran
+
+
+async def test_the_apps_own_timeout_is_not_taken_for_a_cut() -> None:
+    """A TimeoutError the app raises itself (say, from a call of its own) stays as it is."""
+    cutoff = RunningHandlers(message_timeout=5.0).cutoff(Request("r-own", "POST", "/"))
+
+    async def work() -> None:
+        raise TimeoutError("the database did not answer")
+
+    with pytest.raises(TimeoutError, match="database") as raised:
+        await cutoff.run(work())
+    assert not isinstance(raised.value, HandlerCut)
+
+
+async def test_a_handler_that_swallows_the_cancellation_finishes_as_it_likes() -> None:
+    """What cannot be cut: a handler that catches CancelledError and returns is done."""
+    cutoff = RunningHandlers(message_timeout=0.05).cutoff(Request("r-stubborn", "POST", "/"))
+
+    async def work() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.05)
+
+    await cutoff.run(work())  # no HandlerCut: it returned
+
+
+async def test_remembered_cancels_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At most CANCEL_MEMORY_IDS cancelled ids are kept, the oldest dropped first."""
+    monkeypatch.setattr(cutoff_module, "CANCEL_MEMORY_IDS", 3)
+    running = RunningHandlers(message_timeout=1.0)
+    for n in range(5):
+        running.cancel(f"id-{n}")
+    assert [running.was_cancelled(f"id-{n}") for n in range(5)] == [False, False, True, True, True]

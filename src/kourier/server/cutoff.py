@@ -139,9 +139,10 @@ class RunningHandlers:
     """The runs of this service instance by request id, for cancels to find.
 
     Several runs may share an id (without an idempotency gate a retry can overlap its
-    first attempt): a cancel cuts them all. A cancel for an id with no run is kept for
+    first attempt): a cancel cuts them all. Every cancelled id is also kept for
     ``CANCEL_MEMORY_SECONDS`` (at most ``CANCEL_MEMORY_IDS`` ids), so a request that
-    was still waiting in a backlog when its caller gave up is skipped when it comes.
+    was still waiting in a backlog when its caller gave up, or a repeat of a cut one,
+    is skipped when it comes.
     """
 
     def __init__(self, *, message_timeout: float) -> None:
@@ -170,17 +171,17 @@ class RunningHandlers:
         return Cutoff(request.id, when, DEADLINE, deadline_ms=request.deadline_ms, runs=self)
 
     def cancel(self, request_id: str) -> int:
-        """Cut every run of ``request_id``; remember the id if none runs. How many were cut."""
+        """Cut every run of ``request_id`` and remember the id; how many runs were cut."""
+        self._remember(request_id)
         runs = self._runs.get(request_id)
         if not runs:
-            self._remember(request_id)
             return 0
         for run in list(runs):
             run.cut(CANCELLED)
         return len(runs)
 
     def was_cancelled(self, request_id: str) -> bool:
-        """True if a cancel for ``request_id`` came before the request (and is still kept)."""
+        """True if a cancel for ``request_id`` has come (and is still kept)."""
         if not self._cancelled:
             return False
         at = self._cancelled.get(request_id)
