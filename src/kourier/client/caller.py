@@ -472,6 +472,9 @@ class Client:
             key=key.encode("utf-8") if isinstance(key, str) else key,
             parent_id=deadline.current_request_id(),
         )
+        if request.parent_id is not None and logger.isEnabledFor(logging.DEBUG):
+            # A line in the parent's context (its id) naming the nested call's id.
+            logger.debug("nested call %s %s as request %s", method, path, request.id)
         if self.hooks.has("request"):
             await self.hooks.emit("request", request)
         self._validate(request)
