@@ -115,13 +115,17 @@ header_names = st.one_of(
             "kourier-seq",
             "kourier-status",
             "kourier-end",
+            "kourier-parent",
+            "kourier-reason",
             "content-type",
         ]
     ),
     st.text(max_size=20),
 )
 header_values = st.one_of(
-    st.sampled_from([b"1", b"request", b"message", b"reply", b"GET", b"/x", b"t:1", b"0"]),
+    st.sampled_from(
+        [b"1", b"request", b"message", b"reply", b"cancel", b"GET", b"/x", b"t:1", b"0"]
+    ),
     st.binary(max_size=40),
 )
 
@@ -139,8 +143,55 @@ def test_decoding_arbitrary_records_never_fails_any_other_way(
     for decode in (
         lambda: protocol.decode_request(key, value, headers),
         lambda: protocol.decode_reply(value, headers),
+        lambda: protocol.decode_cancel(headers),
     ):
         with contextlib.suppress(ProtocolError):
             decode()
     protocol.request_id_of(headers)
     protocol.reply_to_of(headers)
+
+
+def test_a_cancel_round_trips_keyed_by_its_request_id() -> None:
+    """A cancel is an empty record keyed by the request id, with an optional reason."""
+    key, value, headers = protocol.encode_cancel(protocol.Cancel("r-1", "closed"))
+    assert (key, value) == (b"r-1", b"")
+    assert protocol.decode_cancel(headers) == protocol.Cancel("r-1", "closed")
+    _, _, bare = protocol.encode_cancel(protocol.Cancel("r-2"))
+    assert protocol.decode_cancel(bare) == protocol.Cancel("r-2")
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ([("kourier-v", b"1"), ("kourier-type", b"request"), ("kourier-id", b"r")], "not a cancel"),
+        ([("kourier-v", b"1"), ("kourier-type", b"cancel")], "missing kourier-id"),
+        ([("kourier-v", b"1"), ("kourier-type", b"cancel"), ("kourier-id", b"a b")], "valid"),
+        (
+            [
+                ("kourier-v", b"1"),
+                ("kourier-type", b"cancel"),
+                ("kourier-id", b"r"),
+                ("kourier-reason", b"Not Allowed!"),
+            ],
+            "kourier-reason",
+        ),
+    ],
+)
+def test_malformed_cancels_are_refused_with_a_reason(
+    headers: list[tuple[str, bytes]], message: str
+) -> None:
+    """A cancel with the wrong type, no or a bad id, or a bad reason is a ProtocolError."""
+    with pytest.raises(ProtocolError, match=message):
+        protocol.decode_cancel(headers)
+
+
+def test_the_parent_request_id_round_trips_and_is_checked() -> None:
+    """kourier-parent carries the calling handler's request id; a bad one is refused."""
+    request = Request("child", "GET", "/", parent_id="parent-1", reply_to=ReplyAddress("r", 0))
+    key, value, headers = protocol.encode_request(request)
+    assert protocol.decode_request(key, value, headers).parent_id == "parent-1"
+    orphan = protocol.encode_request(Request("x", "GET", "/"))
+    assert protocol.decode_request(*orphan).parent_id is None
+    bad = [(n, b"no spaces allowed" if n == protocol.H_PARENT else v) for n, v in headers]
+    with pytest.raises(ProtocolError, match="kourier-parent"):
+        protocol.decode_request(key, value, bad)

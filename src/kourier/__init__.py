@@ -18,6 +18,7 @@ if _typing.TYPE_CHECKING:
         Response,
         Retry,
     )
+    from kourier.deadline import time_left
     from kourier.errors import (
         BrokerError,
         KourierError,
@@ -59,6 +60,7 @@ __all__ = [
     "SettingsError",
     "StreamBroken",
     "serve",
+    "time_left",
 ]
 
 # Where each public name is defined (one line each); tests/test_public_api.py checks
@@ -83,6 +85,7 @@ _HOMES = {
     "ServiceNotFound": "kourier.errors",
     "ServiceUnavailable": "kourier.errors",
     "Settings": "kourier.settings",
+    "time_left": "kourier.deadline",
     "SettingsError": "kourier.errors",
     "StreamBroken": "kourier.errors",
     "serve": "kourier.server.serve",

@@ -41,6 +41,8 @@ def service_topics(settings: Settings, service: str) -> list[TopicSpec]:
         ),
         TopicSpec(settings.reply_topic, settings.reply_partitions, settings.replication_factor),
         registry_topic_spec(settings),
+        # Every instance of the service reads all of it: one partition is one reader.
+        TopicSpec(settings.cancel_topic(service), 1, settings.replication_factor),
     ]
 
 

@@ -40,10 +40,15 @@ H_FROM = "kourier-from"
 #: Optional on requests: the URL scheme the caller used, ``https``; absent means http.
 H_SCHEME = "kourier-scheme"
 SCHEMES = ("http", "https")
+#: Optional on requests: the id of the request whose handler made this call.
+H_PARENT = "kourier-parent"
+#: Optional on cancels: why the caller stopped waiting.
+H_REASON = "kourier-reason"
 
 TYPE_REQUEST = b"request"
 TYPE_MESSAGE = b"message"
 TYPE_REPLY = b"reply"
+TYPE_CANCEL = b"cancel"
 
 # Bounds that keep a hostile record from costing more than it should.
 MAX_ID_LENGTH = 128
@@ -53,6 +58,7 @@ MAX_HEADERS = 256
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}$")
 _ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9a-z]{1,256}$")
+_REASON = re.compile(rb"^[a-z0-9_-]{1,64}$")
 
 KafkaHeaders = list[tuple[str, bytes]]
 HttpHeaders = list[tuple[bytes, bytes]]
@@ -128,6 +134,8 @@ class Request:
     attempt: int = 1
     #: The scheme of the URL the caller used (``https://orders/...``): the ASGI scheme.
     scheme: str = "http"
+    #: The request whose handler made this call (``kourier-parent``), if any.
+    parent_id: str | None = None
 
     @property
     def one_way(self) -> bool:
@@ -205,6 +213,8 @@ def encode_request(request: Request) -> tuple[bytes | None, bytes, KafkaHeaders]
         headers.append((H_ATTEMPT, str(request.attempt).encode("ascii")))
     if request.scheme != "http":
         headers.append((H_SCHEME, request.scheme.encode("ascii")))
+    if request.parent_id is not None:
+        headers.append((H_PARENT, request.parent_id.encode("ascii")))
     headers.extend((name.decode("latin-1"), value) for name, value in request.headers)
     return request.key, request.body, headers
 
@@ -358,6 +368,9 @@ def decode_request(
                 _reply_addresses.clear()
             _reply_addresses[raw_reply_to] = reply_to
     attempt = _int(own, H_ATTEMPT) or 1
+    parent = own.get(H_PARENT)
+    if parent is not None and not _ID.match(parent):
+        raise ProtocolError(f"{H_PARENT} {parent[:40]!r} is not a valid request id")
     return Request(
         raw_id.decode("ascii"),
         method.decode("ascii").upper(),
@@ -369,6 +382,7 @@ def decode_request(
         key,
         attempt,
         _scheme(own),
+        None if parent is None else parent.decode("ascii"),
     )
 
 
@@ -409,3 +423,35 @@ def decode_reply(value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> R
         error_id=error.decode("ascii", "replace") if error else None,
         responder=responder.decode("ascii") if responder else None,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """A caller's request to stop the handler of ``request_id`` (it stopped waiting)."""
+
+    request_id: str
+    reason: str | None = None
+
+
+def encode_cancel(cancel: Cancel) -> tuple[bytes, bytes, KafkaHeaders]:
+    headers: KafkaHeaders = [
+        (H_VERSION, VERSION),
+        (H_TYPE, TYPE_CANCEL),
+        (H_ID, cancel.request_id.encode("ascii")),
+    ]
+    if cancel.reason is not None:
+        headers.append((H_REASON, cancel.reason.encode("ascii")))
+    return cancel.request_id.encode("ascii"), b"", headers
+
+
+def decode_cancel(headers: Sequence[tuple[str, bytes]]) -> Cancel:
+    own, _ = _split(headers)
+    if _required(own, H_TYPE) != TYPE_CANCEL:
+        raise ProtocolError("not a cancel record")
+    raw_id = _required(own, H_ID)
+    if not _ID.match(raw_id):
+        raise ProtocolError(f"{H_ID} {raw_id[:40]!r} is not a valid request id")
+    reason = own.get(H_REASON)
+    if reason is not None and not _REASON.match(reason):
+        raise ProtocolError(f"{H_REASON} {reason[:40]!r} is not 1-64 of a-z 0-9 _ -")
+    return Cancel(raw_id.decode("ascii"), None if reason is None else reason.decode("ascii"))

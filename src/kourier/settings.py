@@ -90,8 +90,11 @@ class Settings:
     linger_ms: int = 0
     #: Seconds between offset commits of finished work.
     commit_interval: float = 0.2
-    #: Seconds a stopping service waits for in-flight handlers.
+    #: Seconds a stopping service waits for in-flight handlers; then they are cancelled.
     drain_timeout: float = 30.0
+    #: Seconds a one-way handler may run (each attempt); past it the run is cancelled
+    #: and counts as a failure: retried, then dead-lettered.
+    message_timeout: float = 60.0
     #: Attempts at a one-way request whose handler fails (5xx or an exception), the
     #: first included; after the last, the message goes to the dead-letter topic.
     retry_attempts: int = 3
@@ -170,6 +173,7 @@ class Settings:
             "default_timeout",
             "commit_interval",
             "drain_timeout",
+            "message_timeout",
             "retry_backoff",
             "retry_backoff_max",
             "heartbeat_interval",
@@ -219,6 +223,11 @@ class Settings:
     def dead_letter_topic(self, service: str) -> str:
         check_service_name(service)
         return f"{self.topic_prefix}{service}.dead-letters"
+
+    def cancel_topic(self, service: str) -> str:
+        """The topic callers publish cancels to; every instance of the service reads it."""
+        check_service_name(service)
+        return f"{self.topic_prefix}{service}.cancels"
 
     @property
     def reply_topic(self) -> str:

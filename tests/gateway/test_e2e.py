@@ -39,13 +39,6 @@ needs_registry = pytest.mark.xfail(
     "ServiceUnavailable raised by calls): without it the call times out (504)",
     strict=True,
 )
-#: Cancellation (issue 11) stops a handler whose caller gave up. The gateway's part
-#: (closing the call on disconnect) is tested without it; that the handler stops needs
-#: it. Remove this mark when the cancel record is merged.
-needs_cancellation = pytest.mark.xfail(
-    reason="needs cancellation (issue 11): a closed call does not yet stop the handler",
-    strict=True,
-)
 
 
 def kourier(*args: str) -> list[str]:
@@ -251,7 +244,6 @@ def test_a_caller_that_goes_away_cancels_the_call(listed: str) -> None:
     assert metric(listed, "kourier_gateway_in_flight") == 0
 
 
-@needs_cancellation
 def test_a_caller_that_goes_away_cancels_the_handler(listed: str, folder: Path) -> None:
     """The service's handler is cancelled when the HTTP caller disconnects."""
     tag = f"cancel-{uuid.uuid4().hex[:6]}"

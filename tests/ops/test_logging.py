@@ -10,11 +10,13 @@ from collections.abc import Iterator
 import pytest
 
 from kourier.ops.logging import (
+    TEXT_FORMAT,
     JsonFormatter,
     RequestContextFilter,
     TransientKafkaNoise,
     bind_request,
     configure_logging,
+    parent_id_var,
 )
 from kourier.testing.plugin import StartService
 from tests.ops.apps import orders_app, with_request_id
@@ -102,3 +104,23 @@ def test_transient_kafka_states_are_dropped_and_everything_else_kept() -> None:
     assert noise.filter(record(fetcher, logging.ERROR, "Unable connect to node with id 1"))
     assert noise.filter(record(fetcher, logging.CRITICAL, "UnknownTopicOrPartitionError"))
     assert noise.filter(record("kourier.server", logging.ERROR, "NotLeaderForPartitionError"))
+
+
+def test_a_nested_request_logs_its_parents_id_too() -> None:
+    """Bound with a parent, text lines show ``parent=<id>`` after the request id and JSON
+    lines a parent_id; without one, neither."""
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello", (), None)
+    token = parent_id_var.set("p-1")
+    try:
+        with bind_request("r-2", "orders"):
+            RequestContextFilter().filter(record)
+    finally:
+        parent_id_var.reset(token)
+    assert "[%(service)s %(request_id)s%(parent)s]" in TEXT_FORMAT
+    text = logging.Formatter("[%(service)s %(request_id)s%(parent)s] %(message)s")
+    assert text.format(record) == "[orders r-2 parent=p-1] hello"
+    assert json.loads(JsonFormatter().format(record))["parent_id"] == "p-1"
+    alone = logging.LogRecord("x", logging.INFO, __file__, 1, "hello", (), None)
+    RequestContextFilter().filter(alone)
+    assert text.format(alone) == "[- -] hello"
+    assert json.loads(JsonFormatter().format(alone))["parent_id"] is None

@@ -26,8 +26,9 @@ from typing import Any, Literal
 
 import httpx
 
-from kourier import protocol
+from kourier import deadline, protocol
 from kourier.client.calls import Call, ObservedCall
+from kourier.client.cancel import CancelSender
 from kourier.client.hooks import CallerHooks, Hook
 from kourier.client.lookup import ServiceLookup
 from kourier.client.replies import ReplyInbox, ReplyWaiter
@@ -136,6 +137,8 @@ class Client:
         self.inbox = ReplyInbox(self.transport, self.settings)
         #: Which services exist and are live (the registry, read on first need).
         self.lookup = ServiceLookup(self.transport, self.settings)
+        #: Cancels for calls that ended before their reply did (``client/cancel.py``).
+        self.cancels = CancelSender(self.transport, self.settings)
         self._deliveries: set[asyncio.Future[None]] = set()
         self._delivery_failures: list[BaseException] = []
         self._started = False
@@ -159,6 +162,7 @@ class Client:
         self._started = False
         try:
             await self.lookup.stop()
+            await self.cancels.stop()
             await self.inbox.stop()
         finally:
             if self._owns_transport:
@@ -221,7 +225,7 @@ class Client:
             call.request_id(request.id)
             await self._reachable(service, topic, deadline)
             policy = self._policy(retry, request)
-            with self.inbox.expect(request.id) as waiter:
+            with self.inbox.expect(request.id) as waiter, self.cancels.guard(service, request.id):
                 try:
                     if policy is None:
                         items = await self._answer(topic, request, waiter, deadline)
@@ -358,7 +362,7 @@ class Client:
             policy = self._policy(retry, request)
             waiter = self.inbox.expect(request.id)
             try:
-                with self._counting_timeouts():
+                with self._counting_timeouts(), self.cancels.guard(service, request.id):
                     first = await self._first_item(topic, request, waiter, policy, deadline)
             except ReplyTimeout as exc:
                 waiter.close()
@@ -370,8 +374,9 @@ class Client:
         with waiter:
             reply = ReplyStream(waiter, first, seconds, call=(service, method, path))
             try:
-                await self.hooks.emit("response", reply)
-                yield reply
+                with self.cancels.guard(service, request.id, unfinished=reply.unfinished):
+                    await self.hooks.emit("response", reply)
+                    yield reply
             finally:
                 await reply.aclose()
 
@@ -450,11 +455,12 @@ class Client:
     ) -> AbstractContextManager[Call]:
         return ObservedCall(self.metrics, service, method, path, topic, one_way=one_way)
 
-    def _timeout(self, timeout: float | None) -> float:
+    def _timeout(self, timeout: float | None, *, inherit: bool = True) -> float:
+        """The call's timeout; inside a handler, at most its time left (``inherit``)."""
         seconds = self.settings.default_timeout if timeout is None else timeout
         if seconds <= 0:
             raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
-        return seconds
+        return deadline.inherit(seconds) if inherit else seconds
 
     async def _request(
         self,
@@ -488,7 +494,11 @@ class Client:
             reply_to=self.inbox.address if two_way else None,
             key=key.encode("utf-8") if isinstance(key, str) else key,
             scheme=scheme,
+            parent_id=deadline.current_request_id(),
         )
+        if request.parent_id is not None and logger.isEnabledFor(logging.DEBUG):
+            # A line in the parent's context (its id) naming the nested call's id.
+            logger.debug("nested call %s %s as request %s", method, path, request.id)
         if self.hooks.has("request"):
             await self.hooks.emit("request", request)
         self._validate(request)
@@ -677,7 +687,8 @@ class Client:
     ) -> Delivery:
         """Build a one-way request and queue it: its delivery, tracked until settled."""
         if timeout is not None:
-            timeout = self._timeout(timeout)
+            # One-way work is not bounded by the handler that sends it: it runs later.
+            timeout = self._timeout(timeout, inherit=False)
         request = await self._request(
             method, path, headers, content, json, params, key, request_id, timeout, two_way=False
         )

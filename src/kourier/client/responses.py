@@ -129,6 +129,8 @@ class ReplyStream:
         self._idle_timeout = idle_timeout
         self._ended = False
         self._call = call  # (service, method, path): named if an item times out
+        #: True once the service's end marker has been read: the whole reply is in.
+        self.finished = first.end
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while (item := await self._next_item()) is not None:
@@ -160,6 +162,10 @@ class ReplyStream:
     async def aread(self) -> bytes:
         return b"".join([chunk async for chunk in self])
 
+    def unfinished(self) -> bool:
+        """True while the service may still be sending (its end marker not read)."""
+        return not self.finished
+
     async def aclose(self) -> None:
         """Stop listening: items that still come are dropped."""
         self._ended = True
@@ -182,6 +188,7 @@ class ReplyStream:
                 ) from None
         if item.end:
             self._ended = True
+            self.finished = True
             check_complete(self._first, item)
             self._waiter.close()
         return item

@@ -2,7 +2,9 @@
 
 The service binds the request id (``bind_request``) while it handles a request; every
 log line written meanwhile, by kourier or by the app, gets ``record.request_id`` and
-``record.service`` from ``RequestContextFilter``. ``KOURIER_LOG_FORMAT=json`` turns
+``record.service`` from ``RequestContextFilter``, and ``record.parent_id``: the id of the
+request whose handler made this call (``kourier-parent``), so the lines of the two hops
+of a nested call can be joined. ``KOURIER_LOG_FORMAT=json`` turns
 ``configure_logging`` into one JSON object per line. Outside a request both are ``-``
 in text and ``null`` in JSON.
 
@@ -24,14 +26,17 @@ from typing import IO
 
 request_id_var: ContextVar[str | None] = ContextVar("kourier_request_id", default=None)
 service_var: ContextVar[str | None] = ContextVar("kourier_service", default=None)
+parent_id_var: ContextVar[str | None] = ContextVar("kourier_parent_id", default=None)
 
 #: What a record carries when no request is being handled.
 NO_VALUE = "-"
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(service)s %(request_id)s] %(message)s"
+TEXT_FORMAT = (
+    "%(asctime)s %(levelname)s %(name)s [%(service)s %(request_id)s%(parent)s] %(message)s"
+)
 #: The same, in a worker of ``kourier run --workers N``.
 WORKER_TEXT_FORMAT = (
-    "%(asctime)s %(levelname)s [worker %(worker)s] %(name)s [%(service)s %(request_id)s] "
-    "%(message)s"
+    "%(asctime)s %(levelname)s [worker %(worker)s] %(name)s "
+    "[%(service)s %(request_id)s%(parent)s] %(message)s"
 )
 FORMATS = ("text", "json")
 
@@ -68,6 +73,11 @@ class RequestContextFilter(logging.Filter):
             record.request_id = request_id_var.get() or NO_VALUE
         if not hasattr(record, "service"):
             record.service = service_var.get() or self.service or NO_VALUE
+        if not hasattr(record, "parent_id"):
+            parent = parent_id_var.get()
+            record.parent_id = parent or NO_VALUE
+            # In text only when there is one: " parent=<id>" after the request id.
+            record.parent = f" parent={parent}" if parent else ""
         return True
 
 
@@ -101,7 +111,8 @@ class TransientKafkaNoise(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, request_id, service."""
+    """One JSON object per line: time, level, logger, message, request_id, service,
+    parent_id."""
 
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, object] = {
@@ -111,6 +122,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "request_id": _value(record, "request_id"),
             "service": _value(record, "service"),
+            "parent_id": _value(record, "parent_id"),
         }
         worker = getattr(record, "worker", None)
         if worker is not None:

@@ -112,7 +112,8 @@ class ServiceMetrics:
 
         self.dead_letters = per_service("kourier_dead_letters", "Records dead-lettered.")
         self.expired = per_service(
-            "kourier_expired", "Requests skipped because their deadline had passed."
+            "kourier_expired",
+            "Requests skipped because their deadline had passed, or cut when it passed.",
         )
         self.errors = per_service(
             "kourier_errors", "Handler runs that raised or gave no response (each attempt)."
@@ -174,7 +175,7 @@ class _ScrapeTimeCollector:
         yield from self._families()
 
     def collect(self) -> Iterator[Metric]:
-        in_flight, lag, retries, duplicates = self._families()
+        in_flight, lag, retries, duplicates, cancelled, timed_out = self._families()
         for service, sampler in list(self._services):
             name = [service.name]
             consumer = service.consumer
@@ -183,10 +184,12 @@ class _ScrapeTimeCollector:
                 lag.add_metric([service.name, topic, str(partition)], value)
             retries.add_metric(name, service.stats.retries)
             duplicates.add_metric(name, service.stats.duplicates)
-        yield from (in_flight, lag, retries, duplicates)
+            cancelled.add_metric(name, service.stats.cancelled)
+            timed_out.add_metric(name, service.stats.timed_out)
+        yield from (in_flight, lag, retries, duplicates, cancelled, timed_out)
 
     @staticmethod
-    def _families() -> tuple[Any, Any, Any, Any]:
+    def _families() -> tuple[Any, Any, Any, Any, Any, Any]:
         core = _prometheus().metrics_core
         return (
             core.GaugeMetricFamily(
@@ -207,6 +210,16 @@ class _ScrapeTimeCollector:
             core.CounterMetricFamily(
                 "kourier_duplicates",
                 "Repeated requests answered by replaying the recorded reply.",
+                labels=["service"],
+            ),
+            core.CounterMetricFamily(
+                "kourier_cancelled",
+                "Requests whose caller cancelled them: handlers cut, or skipped before they ran.",
+                labels=["service"],
+            ),
+            core.CounterMetricFamily(
+                "kourier_timed_out",
+                "One-way handler runs cut at the time limit (message_timeout; each attempt).",
                 labels=["service"],
             ),
         )

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from kourier.protocol import Reply, Request
+from kourier.server.cutoff import CANCELLED, Cutoff, HandlerCut
 
 logger = logging.getLogger("kourier.server")
 
@@ -70,6 +71,7 @@ def build_scope(
                 "key": request.key,
                 "deadline_ms": request.deadline_ms,
                 "attempt": request.attempt,
+                "parent_id": request.parent_id,
             }
         },
     }
@@ -110,8 +112,14 @@ async def run_app(
     state: dict[str, Any] | None = None,
     max_reply_bytes: int = 900_000,
     root_path: str = "",
+    cutoff: Cutoff | None = None,
 ) -> Outcome:
-    """Run the app for one request; every reply record goes to ``sink`` in order."""
+    """Run the app for one request; every reply record goes to ``sink`` in order.
+
+    With ``cutoff`` the app is cancelled when that says (deadline, time limit, cancel):
+    the outcome's error is then a ``HandlerCut``; a reply already started ends with an
+    error end marker, one not started is a 504, and a cancelled one gets nothing more.
+    """
     outcome = Outcome()
     done = False  # the response is complete
     # Made only if the app waits for a disconnect (few do): an Event per request was
@@ -191,18 +199,30 @@ async def run_app(
 
     scope = build_scope(request, service, state, root_path)
     try:
-        await app(scope, receive, send)
+        if cutoff is None:
+            await app(scope, receive, send)
+        else:
+            await cutoff.run(app(scope, receive, send))
     except Exception as exc:
         outcome.route = _route(scope)
         outcome.error = exc
         outcome.error_id = uuid.uuid4().hex[:16]
-        logger.exception(
-            "handler failed: request_id=%s error_id=%s %s %s",
-            request.id,
-            outcome.error_id,
-            request.method,
-            request.path,
-        )
+        status, detail = 500, "Internal Server Error"
+        if isinstance(exc, HandlerCut):
+            _log_cut(exc, outcome.error_id, request)
+            if exc.reason == CANCELLED:  # its caller stopped listening: nothing to send
+                outcome.status = outcome.status or exc.status
+                complete()
+                return outcome
+            status, detail = exc.status, f"handler {exc.describe()}"
+        else:
+            logger.exception(
+                "handler failed: request_id=%s error_id=%s %s %s",
+                request.id,
+                outcome.error_id,
+                request.method,
+                request.path,
+            )
         if held_error_body is not None and start is not None:
             status, headers = start
             await sink(
@@ -219,13 +239,13 @@ async def run_app(
         elif start is None or seq == 0:
             # Nothing has left yet (no status, or a status but no body): a whole 500 can
             # still replace it, rather than the app's status with an empty body.
-            outcome.status = 500
+            outcome.status = status
             reply = Reply(
                 request.id,
                 0,
-                error_body(500, "Internal Server Error", outcome.error_id),
+                error_body(status, detail, outcome.error_id),
                 end=True,
-                status=500,
+                status=status,
                 headers=[*JSON_HEADERS, (b"x-error-id", outcome.error_id.encode())],
                 error_id=outcome.error_id,
             )
@@ -265,6 +285,20 @@ async def run_app(
         await emit(b"", end=True)
     complete()
     return outcome
+
+
+def _log_cut(cut: HandlerCut, error_id: str, request: Request) -> None:
+    # A cancel is the caller's choice (info); a run past its time is worth a look.
+    level = logging.INFO if cut.reason == CANCELLED else logging.WARNING
+    logger.log(
+        level,
+        "handler %s: request_id=%s error_id=%s %s %s",
+        cut.describe(),
+        request.id,
+        error_id,
+        request.method,
+        request.path,
+    )
 
 
 def _route(scope: Scope) -> str | None:

@@ -9,8 +9,10 @@ The rules this module keeps (docs/reliability.md lists the tests behind them):
 - a partition's committed offset only ever moves past records whose handler finished:
   the commit is the lowest offset still in progress (so a crash means redelivery,
   never a skip);
-- on revocation and on stop, running handlers get up to ``drain_timeout`` to finish,
-  then what is done is committed.
+- on revocation and on stop, running handlers get up to ``drain_timeout`` to finish;
+  those still running then are cancelled and waited for (bounded), and, not being
+  done, are not committed: their records are redelivered. Then what is done is
+  committed.
 
 It must never let a handler's exception escape into the fetch loop.
 """
@@ -34,6 +36,9 @@ Handler = Callable[[Record], Awaitable[None]]
 
 #: How long a full consumer waits for a free slot before it pauses its partitions.
 PAUSE_AFTER = 0.5
+#: Seconds a drain waits for handlers it cancelled to end (one that swallows the
+#: cancellation is left behind after that, and logged).
+CANCEL_WAIT = 5.0
 #: Records started per turn of the fetch loop, which then lets the event loop run once
 #: before it starts more (see ``_fetch_loop``).
 FETCH_BATCH = 16
@@ -221,14 +226,18 @@ class RequestConsumer:
         self._running.setdefault(tp, {})[id(record)] = task
 
     async def _run(self, tp: TopicPartition, record: Record) -> None:
+        done = True
         try:
             await self._handler(record)
+        except asyncio.CancelledError:
+            done = False  # cut off by a drain: not done, so not committed; redelivered
+            raise
         except Exception:
             logger.exception("request handling failed at %s", record.where)
         finally:
-            self._finish(tp, record)
+            self._finish(tp, record, done)
 
-    def _finish(self, tp: TopicPartition, record: Record) -> None:
+    def _finish(self, tp: TopicPartition, record: Record, done: bool = True) -> None:
         running = self._running.get(tp)
         if running is not None:
             running.pop(id(record), None)
@@ -237,13 +246,17 @@ class RequestConsumer:
         self.last_progress = time.monotonic()
         self._slot_freed.set()
         progress = self._progress.get(tp)
-        if progress is not None:
+        if progress is not None and done:
             progress.finish(record.offset)
         if record.key is None:
             return
         chain = (tp, record.key)
         queue = self._key_queues.get(chain)
-        if queue:
+        if queue and not done:
+            # Records queued behind a cancelled one must not run past it: they are
+            # redelivered after it, in order.
+            self._held -= len(self._key_queues.pop(chain))
+        elif queue:
             nxt = queue.popleft()
             if progress is not None:
                 self._launch(tp, nxt)
@@ -316,12 +329,20 @@ class RequestConsumer:
             ]
         if tasks:
             logger.warning(
-                "%d handlers still running after the drain timeout; their records will be "
-                "redelivered",
+                "%d handlers still running after the drain timeout: cancelling them; their "
+                "records will be redelivered",
                 len(tasks),
             )
             for task in tasks:
                 task.cancel()
+            _, stuck = await asyncio.wait(tasks, timeout=CANCEL_WAIT)
+            if stuck:
+                logger.error(
+                    "%d handlers did not end within %.0f s of being cancelled (they catch "
+                    "the cancellation or block the event loop); leaving them behind",
+                    len(stuck),
+                    CANCEL_WAIT,
+                )
 
 
 def _names(partitions: set[TopicPartition]) -> str:

@@ -26,7 +26,8 @@ Hook = Callable[[Any], Any]
 
 @dataclass(frozen=True, slots=True)
 class RequestEvent:
-    """A request about to run (``request``) or skipped past its deadline (``expired``)."""
+    """A request about to run (``request``), or skipped past its deadline or cut when it
+    passed while the handler ran (``expired``)."""
 
     service: str
     request: Request

@@ -19,12 +19,14 @@ from typing import Any
 from kourier import protocol
 from kourier.errors import KourierError, ProtocolError
 from kourier.ops.health import HealthServer
-from kourier.ops.logging import request_id_var, service_var
+from kourier.ops.logging import parent_id_var, request_id_var, service_var
 from kourier.ops.tracing import TracingMiddleware
 from kourier.protocol import Reply, ReplyAddress, Request
 from kourier.server.announce import Announcer
-from kourier.server.asgi import JSON_HEADERS, ASGIApp, error_body, run_app
+from kourier.server.asgi import JSON_HEADERS, ASGIApp, Outcome, error_body, run_app
+from kourier.server.cancels import CancelReader
 from kourier.server.consumer import RequestConsumer
+from kourier.server.cutoff import CANCELLED, DEADLINE, HandlerCut, RunningHandlers
 from kourier.server.hooks import (
     DeadLetterEvent,
     ErrorEvent,
@@ -73,6 +75,11 @@ class ServiceStats:
     dead_letters: int = 0
     retries: int = 0
     duplicates: int = 0
+    #: Runs cut short: at the request's deadline, by the caller's cancel (also requests
+    #: skipped because their cancel came first), past the one-way time limit.
+    cut_at_deadline: int = 0
+    cancelled: int = 0
+    timed_out: int = 0
 
 
 class Service:
@@ -115,6 +122,11 @@ class Service:
             self._idempotency = Idempotency(store, self.settings.idempotency_window)
         self._expired_unlogged = 0
         self._expired_logged_at = 0.0
+        #: Runs of the app that a deadline, a time limit or a cancel can cut.
+        self.running = RunningHandlers(message_timeout=self.settings.message_timeout)
+        self.cancels = CancelReader(
+            self.transport, self.settings.cancel_topic(self.name), self.running
+        )
 
     @property
     def request_topic(self) -> str:
@@ -141,6 +153,8 @@ class Service:
                     [
                         TopicSpec(self.request_topic, s.partitions, s.replication_factor),
                         TopicSpec(self.dead_letter_topic, s.partitions, s.replication_factor),
+                        # Every instance reads all of it: one partition is one reader.
+                        TopicSpec(s.cancel_topic(self.name), 1, s.replication_factor),
                         *(
                             TopicSpec(t, s.partitions, s.replication_factor)
                             for t in self.extra_topics
@@ -148,6 +162,7 @@ class Service:
                     ]
                 )
             await self._lifespan.startup()
+            await self.cancels.start()
             await self.announcer.start()
             self._consumer = RequestConsumer(
                 self.transport,
@@ -161,6 +176,7 @@ class Service:
             await self._consumer.start()
         except BaseException:
             await self.announcer.stop()
+            await self.cancels.stop()
             await self._lifespan.shutdown()
             await self.transport.stop()
             raise
@@ -178,6 +194,7 @@ class Service:
         await self.announcer.stop()
         if self._consumer is not None:
             await self._consumer.stop()
+        await self.cancels.stop()
         await self._lifespan.shutdown()
         await self.transport.stop()
         await self.hooks.emit("stop", self)
@@ -201,16 +218,30 @@ class Service:
         # bind_request's assignments without its generator: this runs for every record.
         id_token = request_id_var.set(request.id)
         service_token = service_var.set(self.name)
+        parent_token = parent_id_var.set(request.parent_id) if request.parent_id else None
         try:
             await self._handle_request(request, record)
+        except asyncio.CancelledError:
+            logger.warning(
+                "handler of request %s cancelled: the service is stopping or gave up the "
+                "partition; the record will be redelivered",
+                request.id,
+            )
+            raise
         finally:
             request_id_var.reset(id_token)
             service_var.reset(service_token)
+            if parent_token is not None:
+                parent_id_var.reset(parent_token)
 
     async def _handle_request(self, request: Request, record: Record) -> None:
         if request.deadline_ms is not None and protocol.now_ms() > request.deadline_ms:
             self._expired(request)
             await self.hooks.emit("expired", RequestEvent(self.name, request, record))
+            return
+        if self.running.was_cancelled(request.id):
+            self.stats.cancelled += 1
+            logger.info("skipped request %s: its caller cancelled it before it came", request.id)
             return
         if len(request.body) > self.settings.max_request_bytes:
             acks: list[Awaitable[None]] = []
@@ -254,9 +285,10 @@ class Service:
                 state=self._lifespan.state if self._lifespan.supported else None,
                 max_reply_bytes=self.settings.max_reply_bytes,
                 root_path=self.settings.root_path,
+                cutoff=self.running.cutoff(request),
             )
             failed = outcome.error_id is not None or (outcome.status or 500) >= 500
-            if outcome.error_id is not None:
+            if outcome.error_id is not None and not await self._cut(outcome, request, record):
                 self.stats.failed += 1
                 error = outcome.error or RuntimeError("the app returned without a response")
                 await self.hooks.emit(
@@ -280,12 +312,7 @@ class Service:
         if request.reply_to is None:
             self.stats.one_way += 1
             if failed:
-                await self._dead_letter(
-                    record,
-                    f"handler failed with status {outcome.status} after {attempts} attempts"
-                    + (f" (error id {outcome.error_id})" if outcome.error_id else ""),
-                    attempts=attempts,
-                )
+                await self._dead_letter(record, _failure(outcome, attempts), attempts=attempts)
         else:
             self.stats.replied += 1
         if sink.acks:
@@ -325,6 +352,27 @@ class Service:
                 logger.error("could not replay the response to %s: %s", request.id, exc)
                 break
         await _all(acks)
+
+    async def _cut(self, outcome: Outcome, request: Request, record: Record) -> bool:
+        """Count a run that was cut short; True if it is not the app's failure.
+
+        A run cut at its deadline counts as expired (and emits ``expired``), one its
+        caller cancelled as cancelled; a one-way run past its time limit is a failure
+        like any other (retried, then dead-lettered), so it is counted and False.
+        """
+        cut = outcome.error
+        if not isinstance(cut, HandlerCut):
+            return False
+        if cut.reason == DEADLINE:
+            self.stats.cut_at_deadline += 1
+            self.stats.expired += 1
+            await self.hooks.emit("expired", RequestEvent(self.name, request, record))
+            return True
+        if cut.reason == CANCELLED:
+            self.stats.cancelled += 1
+            return True
+        self.stats.timed_out += 1
+        return False
 
     def _expired(self, request: Request) -> None:
         """Count a skipped request; log a summary at most once a second, not each one."""
@@ -507,6 +555,16 @@ async def _all(acks: list[Awaitable[None]]) -> None:
             await ack
         except KourierError as exc:
             logger.error("a reply was not acknowledged by the broker: %s", exc)
+
+
+def _failure(outcome: Outcome, attempts: int) -> str:
+    """Why a one-way message is dead-lettered, from its last attempt's outcome."""
+    if isinstance(outcome.error, HandlerCut):
+        what = f"handler {outcome.error.describe()}"
+    else:
+        what = f"handler failed with status {outcome.status}"
+    error_id = f" (error id {outcome.error_id})" if outcome.error_id else ""
+    return f"{what} after {attempts} attempts{error_id}"
 
 
 async def serve(
