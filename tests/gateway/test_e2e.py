@@ -21,24 +21,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kourier import Client
 from tests.conftest import kafka_bootstrap
 from tests.e2e.test_cli import free_port
 from tests.processes import ROOT, LoggedProcess
 
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e, pytest.mark.timeout(240)]
-
-#: The service registry (issue 12, "fail fast") gives Client.services() and makes calls
-#: to an unknown service or one with no live instance raise at once. Until it is merged
-#: such a call waits for its deadline (504), so these tests are expected to fail; they
-#: run as ordinary tests the moment Client has services().
-REGISTRY = hasattr(Client, "services")
-needs_registry = pytest.mark.xfail(
-    not REGISTRY,
-    reason="needs the service registry (Client.services, ServiceNotFound and "
-    "ServiceUnavailable raised by calls): without it the call times out (504)",
-    strict=True,
-)
 
 
 def kourier(*args: str) -> list[str]:
@@ -188,7 +175,6 @@ def test_a_service_not_listed_is_a_404(listed: str) -> None:
     assert response.json()["type"] == "urn:kourier:problem:service-not-found"
 
 
-@needs_registry
 def test_an_unknown_service_is_a_404(processes: dict[str, str]) -> None:
     """Through a gateway open to every service, a name nobody serves is a 404 problem."""
     response = httpx.get(
@@ -199,7 +185,6 @@ def test_an_unknown_service_is_a_404(processes: dict[str, str]) -> None:
     assert response.status_code == 404, response.text
 
 
-@needs_registry
 def test_a_service_with_no_live_instance_is_a_503(
     processes: dict[str, str], env: dict[str, str]
 ) -> None:
