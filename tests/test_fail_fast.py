@@ -51,7 +51,8 @@ async def test_unknown_service_fails_at_once_naming_it_and_a_suggestion(
             started = asyncio.get_running_loop().time()
             with pytest.raises(ServiceNotFound, match="no service 'ordres'; did you mean 'orders'"):
                 await call
-            assert elapsed_since(started) < 0.5
+            # Typically 5-100 ms; the bound leaves room for a loaded 2-core CI machine.
+            assert elapsed_since(started) < 0.8
         async with httpx.AsyncClient(
             transport=KourierTransport(client), base_url="http://ordres"
         ) as http:

@@ -21,8 +21,9 @@ from kourier.server import cutoff as cutoff_module
 from kourier.server.cutoff import HandlerCut, RunningHandlers
 from kourier.server.serve import H_DEAD_REASON, Service
 from kourier.settings import Settings
-from kourier.transports.base import PartitionReader, Record, TopicSpec
+from kourier.transports.base import PartitionReader, Record
 from kourier.transports.memory import MemoryBroker, MemoryTransport
+from tests.client.fake_service import ensure_service
 from tests.e2e import cancel_app
 from tests.e2e.cancel_app import EVENTS
 from tests.server.conftest import eventually
@@ -246,7 +247,7 @@ async def test_the_drain_cancels_running_handlers_and_their_records_come_back() 
 async def test_services_without_a_cancels_topic_still_serve(setup: Setup) -> None:
     """A cancel to a service whose cancels topic does not exist is not sent, and the
     caller never sees an error for it."""
-    await setup.transport.ensure_topics([TopicSpec(SETTINGS.request_topic("old"), 1)])
+    await ensure_service(setup.transport, SETTINGS, "old")  # topic and a live instance
     with pytest.raises(ReplyTimeout):
         await setup.client.request("old", "GET", "/", timeout=0.1)
     await eventually(lambda: setup.client.cancels.not_sent == 1)

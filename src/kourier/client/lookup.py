@@ -32,6 +32,9 @@ from kourier.transports.base import Transport
 logger = logging.getLogger("kourier.client")
 
 REQUESTS_SUFFIX = ".requests"
+#: Seconds the topic listing behind "did you mean" may take before the error goes out
+#: with the registry's names alone.
+SUGGESTION_BUDGET = 0.25
 
 
 class ServiceLookup:
@@ -97,12 +100,16 @@ class ServiceLookup:
         itself created its request topic, and a first read can take half a second)."""
         names: set[str] = set()
         try:
-            for topic in await self._transport.topic_names():
+            # Listing every topic of a large cluster can take most of a second (measured:
+            # 0.9 s for 3,700 topics on aiokafka's first call); the suggestions are a
+            # courtesy and must not slow the error, so the registry's names suffice then.
+            async with asyncio.timeout(SUGGESTION_BUDGET):
+                topics = await self._transport.topic_names()
+            for topic in topics:
                 if (service := self._service_of(topic)) is not None:
                     names.add(service)
-        except BrokerError as exc:
-            # The suggestions are a courtesy: the error stands without them.
-            logger.debug("no service names to suggest: %s", exc)
+        except (BrokerError, TimeoutError) as exc:
+            logger.debug("no service names from the topics to suggest: %r", exc)
         return names | self.directory.names()
 
     def _service_of(self, topic: str) -> str | None:
