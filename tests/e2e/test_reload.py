@@ -86,7 +86,13 @@ async def test_an_edited_file_restarts_the_service_after_draining(tmp_path: Path
     supervisor = LoggedProcess([*argv, "--reload"], env, lambda line: "ready:" in line)
     try:
         assert supervisor.ready.wait(60), "".join(supervisor.lines[-20:])
-        settings = Settings(bootstrap_servers=env["KOURIER_BOOTSTRAP_SERVERS"], topic_prefix=prefix)
+        # While the old process has withdrawn and the new one has not yet announced itself,
+        # a two-way call waits for it (as callers do through rolling restarts).
+        settings = Settings(
+            bootstrap_servers=env["KOURIER_BOOTSTRAP_SERVERS"],
+            topic_prefix=prefix,
+            wait_for_instance=20,
+        )
         async with Client(settings) as client:
             assert await version_of(client) == 1
             in_flight = asyncio.create_task(version_of(client, "/slow", timeout=30))
@@ -153,7 +159,13 @@ async def test_a_broken_edit_is_reported_and_the_next_edit_serves_again(tmp_path
         assert supervisor.ready.wait(60), "".join(supervisor.lines[-20:])
         assert supervisor.running, "the supervisor ended with its service"
         write_app(package, 3)
-        settings = Settings(bootstrap_servers=env["KOURIER_BOOTSTRAP_SERVERS"], topic_prefix=prefix)
+        # While the old process has withdrawn and the new one has not yet announced itself,
+        # a two-way call waits for it (as callers do through rolling restarts).
+        settings = Settings(
+            bootstrap_servers=env["KOURIER_BOOTSTRAP_SERVERS"],
+            topic_prefix=prefix,
+            wait_for_instance=20,
+        )
         async with asyncio.timeout(60):
             while not any("ready:" in line for line in supervisor.lines):  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
