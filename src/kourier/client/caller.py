@@ -131,6 +131,8 @@ class Client:
         self._owns_transport = transport is None
         self.transport = transport if transport is not None else _kafka(self.settings)
         self.inbox = ReplyInbox(self.transport, self.settings)
+        if metrics is not None:
+            self.inbox.on_dropped = metrics.reply_dropped
         self._ready_topics: set[str] = set()
         self._deliveries: set[asyncio.Future[None]] = set()
         self._delivery_failures: list[BaseException] = []

@@ -41,6 +41,7 @@ from kourier.server.idempotency import (
     identity,
 )
 from kourier.server.lifespan import Lifespan
+from kourier.server.reply_addresses import ReplyAddresses
 from kourier.settings import Settings, check_service_name, check_topic_name
 from kourier.transports import kafka_transport
 from kourier.transports.base import Record, TopicSpec, Transport
@@ -72,6 +73,10 @@ class ServiceStats:
     dead_letters: int = 0
     retries: int = 0
     duplicates: int = 0
+    #: Records dead-lettered before the app ran, by why (docs/reliability.md lists them).
+    undecodable: int = 0
+    too_large: int = 0
+    bad_reply_address: int = 0
 
 
 class Service:
@@ -112,6 +117,7 @@ class Service:
             self._idempotency = Idempotency(store, self.settings.idempotency_window)
         self._expired_unlogged = 0
         self._expired_logged_at = 0.0
+        self._reply_addresses = ReplyAddresses(self.transport)
 
     @property
     def request_topic(self) -> str:
@@ -128,6 +134,11 @@ class Service:
     @property
     def consumer(self) -> RequestConsumer | None:
         return self._consumer
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why a task this instance depends on died (it no longer consumes), or None."""
+        return self._consumer.failure if self._consumer is not None else None
 
     async def start(self) -> None:
         s = self.settings
@@ -187,6 +198,9 @@ class Service:
     # -- one record ----------------------------------------------------------------------
 
     async def _handle(self, record: Record) -> None:
+        if record.undecodable is not None:
+            await self._reject(record, ProtocolError(record.undecodable), undecodable=True)
+            return
         try:
             request = protocol.decode_request(record.key, record.value, record.headers)
         except ProtocolError as exc:
@@ -206,12 +220,7 @@ class Service:
             self._expired(request)
             await self.hooks.emit("expired", RequestEvent(self.name, request, record))
             return
-        if len(request.body) > self.settings.max_request_bytes:
-            acks: list[Awaitable[None]] = []
-            await self._error_reply(
-                request.id, request.reply_to, 413, "request body too large", acks
-            )
-            await _all(acks)
+        if await self._refused(request, record):
             return
         gate = self._idempotency
         if gate is None:
@@ -363,16 +372,55 @@ class Service:
         except KourierError as exc:
             logger.warning("could not send the %d reply to %s: %s", status, reply_to, exc)
 
-    async def _reject(self, record: Record, exc: ProtocolError) -> None:
-        """A record that breaks the format: log, dead-letter, answer 400 if we can."""
-        self.stats.malformed += 1
-        logger.error("malformed record at %s: %s", record.where, exc)
-        await self._dead_letter(record, str(exc), attempts=0)
+    async def _refused(self, request: Request, record: Record) -> bool:
+        """Dead-letter, before the app runs, a request whose answer could not be sent or
+        that is over the size limit; True if it was refused.
+
+        A reply topic that does not exist would otherwise hold a handler slot while the
+        app runs for nothing; a one-way request over the limit would vanish with no reply
+        to carry the 413.
+        """
+        problem = None
+        if request.reply_to is not None:
+            problem = await self._reply_addresses.problem(request.reply_to)
+        if problem is not None:
+            self.stats.bad_reply_address += 1
+            logger.error("request %s at %s refused: %s", request.id, record.where, problem)
+            await self._dead_letter(record, f"bad reply address: {problem}", attempts=0)
+            return True
+        size, limit = len(request.body), self.settings.max_request_bytes
+        if size <= limit:
+            return False
+        self.stats.too_large += 1
+        reason = f"request body of {size} bytes is over max_request_bytes ({limit})"
+        logger.error("request %s at %s refused: %s", request.id, record.where, reason)
+        await self._dead_letter(record, reason, attempts=0)
+        acks: list[Awaitable[None]] = []
+        await self._error_reply(request.id, request.reply_to, 413, "request body too large", acks)
+        await _all(acks)
+        return True
+
+    async def _reject(
+        self, record: Record, exc: ProtocolError, *, undecodable: bool = False
+    ) -> None:
+        """A record that breaks the format, or that the Kafka client could not read: log,
+        dead-letter, answer 400 if its request id and a reply address can be read."""
+        kind = "undecodable" if undecodable else "malformed"
+        if undecodable:
+            self.stats.undecodable += 1
+        else:
+            self.stats.malformed += 1
+        logger.error("%s record at %s: %s", kind, record.where, exc)
+        await self._dead_letter(record, f"{kind} record: {exc}", attempts=0)
         acks: list[Awaitable[None]] = []
         request_id = protocol.request_id_of(record.headers)
         reply_to = protocol.reply_to_of(record.headers)
-        if request_id is not None:
-            await self._error_reply(request_id, reply_to, 400, f"malformed request: {exc}", acks)
+        if (
+            request_id is not None
+            and reply_to is not None
+            and await self._reply_addresses.problem(reply_to) is None
+        ):
+            await self._error_reply(request_id, reply_to, 400, f"{kind} request: {exc}", acks)
         await _all(acks)
 
     async def _dead_letter(self, record: Record, reason: str, *, attempts: int) -> None:
@@ -562,7 +610,7 @@ async def serve(
         gc.freeze()
         if ready is not None:
             ready(instance)
-        await stop.wait()
+        await _stopped_or_failed(stop, instance)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
@@ -572,3 +620,23 @@ async def serve(
         await instance.stop()
         if health is not None:
             await health.stop()
+    if instance.failure is not None:
+        raise KourierError(
+            f"service {service!r} stopped because a task it needs died: {instance.failure!r}"
+        ) from instance.failure
+
+
+async def _stopped_or_failed(stop: asyncio.Event, instance: Service) -> None:
+    """Wait for a stop signal, or for a task of the instance to die (then exit non-zero,
+    so an orchestrator restarts the process instead of keeping a zombie)."""
+    consumer = instance.consumer
+    waits = [asyncio.ensure_future(stop.wait())]
+    if consumer is not None:
+        waits.append(asyncio.ensure_future(consumer.failed.wait()))
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+    if instance.failure is not None:
+        logger.critical("stopping: %r", instance.failure)

@@ -1385,21 +1385,39 @@ def _tp(partition: KafkaTopicPartition | Message) -> TopicPartition:
 
 
 def _record(message: Message) -> Record:
-    headers = message.headers() or ()
-    if isinstance(headers, dict):
-        headers = list(headers.items())
+    try:
+        headers = _headers(message)
+        undecodable = None
+    except Exception as err:
+        # confluent-kafka decodes header names as UTF-8, and one that is not breaks the
+        # whole list (see ``_headers``): the headers are out of reach, key and value not.
+        headers = ()
+        undecodable = f"confluent-kafka cannot read its headers ({type(err).__name__}: {err})"
     return Record(
         topic=message.topic() or "",
         partition=message.partition() or 0,
         offset=message.offset() or 0,
         key=message.key(),
         value=message.value(),
-        headers=tuple(
-            (name, value.encode() if isinstance(value, str) else value or b"")
-            for name, value in headers
-        ),
+        headers=headers,
         timestamp_ms=message.timestamp()[1],
+        undecodable=undecodable,
     )
+
+
+def _headers(message: Message) -> tuple[tuple[str, bytes], ...]:
+    """A message's headers, read once: for a name that is not UTF-8, confluent-kafka's
+    ``headers()`` raises (``SystemError``, or the ``UnicodeDecodeError`` it left set),
+    and a second call returns a list holding a NULL where the name was."""
+    raw = message.headers() or ()
+    if isinstance(raw, dict):
+        raw = list(raw.items())
+    headers = tuple(
+        (name, value.encode() if isinstance(value, str) else value or b"") for name, value in raw
+    )
+    if not all(isinstance(name, str) for name, _ in headers):
+        raise ValueError("a header name is not text")
+    return headers
 
 
 def _size(record: Record) -> int:
