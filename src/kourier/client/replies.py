@@ -275,7 +275,11 @@ class ReplyInbox:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        await cancel_and_wait(task)
+        try:
+            await cancel_and_wait(task)
+        except Exception as error:
+            if error is not self.failure:  # already logged and given to every call
+                raise
         for waiter in list(self._waiters.values()):
             waiter.fail(BrokerError("the client stopped before the reply came"))
         if self._reader is not None:

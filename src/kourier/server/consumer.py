@@ -161,7 +161,11 @@ class RequestConsumer:
             if error is not self.failure:
                 raise
         await self._drain(set(self._progress))
-        await self._commit()
+        try:
+            await self._commit()
+        except Exception:
+            # Leave the group all the same; what was not committed is redelivered.
+            logger.exception("the last commit failed; uncommitted records will be redelivered")
         await self._consumer.stop()
         self.joined = False
 
