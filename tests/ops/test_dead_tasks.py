@@ -137,3 +137,36 @@ async def test_a_dead_reply_inbox_fails_its_calls_and_every_new_one(
         with pytest.raises(BrokerError, match="reply inbox stopped"):
             await client.request("orders", "GET", "/orders/1", timeout=30)
         assert any("stopped reading" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.kafka
+async def test_a_dead_confluent_consumer_thread_stops_the_service(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """confluent-kafka's consumer thread dying is not retried forever as a broker error:
+    the service's fetch loop ends with it and the service reports the failure."""
+    from tests.conftest import kafka_bootstrap, unique_prefix
+
+    config = Settings(
+        topic_prefix=unique_prefix(),
+        partitions=1,
+        bootstrap_servers=kafka_bootstrap(),
+        kafka_client="confluent",
+    )
+    app, _ = orders_app()
+    service = Service(app, "orders", config)
+    await service.start()
+    try:
+        consumer = service.consumer
+        assert consumer is not None
+        thread = consumer._consumer._thread  # type: ignore[attr-defined]
+
+        def broken_poll(_: object) -> None:
+            raise Bug("poll broke")
+
+        thread._poll = broken_poll
+        await until(lambda: service.failure is not None, timeout=10)
+        assert "consumer thread died" in str(service.failure)
+        assert "poll broke" in str(service.failure)
+    finally:
+        await service.stop()

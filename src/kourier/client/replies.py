@@ -307,8 +307,10 @@ class ReplyInbox:
         while True:
             try:
                 records = await reader.fetch(_FETCH_TIMEOUT)
-            except Exception:
-                logger.exception("could not fetch replies; retrying in %.1fs", backoff)
+            except BrokerError as exc:
+                # Only the broker's errors pass: anything else (a reader that can never
+                # fetch again) ends the task, and ``_ended`` fails the calls.
+                logger.error("could not fetch replies; retrying in %.1fs: %s", backoff, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 continue

@@ -70,7 +70,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin import OffsetSpec as _OffsetSpec  # type: ignore[attr-defined]
 from confluent_kafka.cimpl import NewTopic
 
-from kourier.errors import BrokerError, PublishError
+from kourier.errors import BrokerError, KourierError, PublishError
 from kourier.settings import Settings
 from kourier.transports.base import (
     GroupConsumer,
@@ -771,6 +771,9 @@ class _ConsumerThread:
         self._fail = fail
         self._commands: queue.SimpleQueue[Command | None] = queue.SimpleQueue()
         self._closing = False
+        #: Why the thread ended on its own (an error in it), or None: a consumer whose
+        #: thread died can never fetch again, and ``fetch`` says so (``dead``).
+        self.died: str | None = None
         self.waiting_for_room = False
         self._revocations = 0
         self._revoked: set[TopicPartition] = set()
@@ -826,6 +829,7 @@ class _ConsumerThread:
                 self._poll(consumer)
         except Exception as err:
             log.exception("a Kafka consumer thread failed")
+            self.died = _reason(err)
             self._call(self._fail, BrokerError(f"the consumer failed: {_reason(err)}"))
         finally:
             self._closing = True
@@ -899,6 +903,12 @@ class _ConsumerThread:
                     command(consumer)
                 except Exception as err:  # a posted command has nobody to tell
                     log.warning("a Kafka consumer command failed: %s", _reason(err))
+
+    def check_alive(self) -> None:
+        """Raise if the thread died: not a ``BrokerError`` (retrying cannot help), so the
+        reader's task ends and the failure shows (probes, ``kourier run``'s exit)."""
+        if self.died is not None:
+            raise KourierError(f"the Kafka consumer thread died: {self.died}")
 
     def run_on_loop(self, callback: Coroutine[Any, Any, None], timeout: float) -> None:
         """Run a rebalance callback on the loop and wait for it, serving commands meanwhile.
@@ -1052,7 +1062,7 @@ class ConfluentGroupConsumer(GroupConsumer):
     # -- records ---------------------------------------------------------------------
 
     async def fetch(self, max_records: int, timeout: float) -> list[Record]:
-        self._running()
+        self._running().check_alive()
         self._raise_failure()
         buffer = self._buffer
         deadline = time.monotonic() + max(0.0, timeout)
@@ -1352,6 +1362,7 @@ class ConfluentPartitionReader(PartitionReader):
     async def fetch(self, timeout: float) -> list[Record]:
         if self._thread is None:
             raise BrokerError("reader is not started")
+        self._thread.check_alive()
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
             records = self._buffer.take(CONSUME_BATCH * 10)
