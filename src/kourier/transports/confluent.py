@@ -50,6 +50,7 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
+import operator
 import queue
 import threading
 import time
@@ -1416,11 +1417,22 @@ def _record(message: Message) -> Record:
     )
 
 
+#: ``message.headers()`` through a C-level call: see ``_headers``.
+_READ_HEADERS = operator.methodcaller("headers")
+
+
 def _headers(message: Message) -> tuple[tuple[str, bytes], ...]:
-    """A message's headers, read once: for a name that is not UTF-8, confluent-kafka's
-    ``headers()`` raises (``SystemError``, or the ``UnicodeDecodeError`` it left set),
-    and a second call returns a list holding a NULL where the name was."""
-    raw = message.headers() or ()
+    """A message's headers, read once and never unchecked.
+
+    For a name that is not UTF-8, confluent-kafka's ``headers()`` returns a list
+    holding a NULL where the name was, with the ``UnicodeDecodeError`` left set, and
+    caches that list for later calls. A call checked by CPython turns that into a
+    ``SystemError``; but Python 3.11+ specialises a call site of a C method after a few
+    calls, and the specialised call does not check: the list came back, and touching
+    the NULL crashed the process (the fuzz test's long run found it). Calling through
+    ``operator.methodcaller`` always goes through CPython's checked call path.
+    """
+    raw = _READ_HEADERS(message) or ()
     if isinstance(raw, dict):
         raw = list(raw.items())
     headers = tuple(
