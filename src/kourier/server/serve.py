@@ -332,11 +332,13 @@ class Service:
         """Count a skipped request; log a summary at most once a second, not each one."""
         self.stats.expired += 1
         self._expired_unlogged += 1
+        logger.debug("skipped request %s: its deadline had passed", request.id)
         now = time.monotonic()
         if now - self._expired_logged_at >= 1.0:
             logger.warning(
-                "skipped %d requests whose deadline had passed (latest: %s %s)",
+                "skipped %d requests whose deadline had passed (latest: %s %s %s)",
                 self._expired_unlogged,
+                request.id,
                 request.method,
                 request.path,
             )
