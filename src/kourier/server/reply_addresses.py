@@ -8,13 +8,17 @@ for the topic to appear.
 
 Reply topics that exist are remembered (their partition counts), so a healthy caller
 costs one metadata look-up per service instance; an address that fails is looked up
-each time it comes (the topic may have been created since). It must never refuse a
-request only because the broker could not be asked: then the address counts as good,
-and a reply that fails later is logged where it fails.
+each time it comes (the topic may have been created since). In a cluster a topic
+created a moment ago may not have reached the broker asked yet, so a missing one is
+looked for twice more, 0.1 s and 0.3 s later (``RECHECK_DELAYS``): a request to a
+topic that does not exist holds its slot 0.4 s, not the publish's 2 s plus the app's
+run. It must never refuse a request only because the broker could not be asked: then
+the address counts as good, and a reply that fails later is logged where it fails.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from kourier.errors import BrokerError, SettingsError
@@ -27,6 +31,8 @@ logger = logging.getLogger("kourier.server")
 #: Reply topics remembered at most; past that the oldest is forgotten (a cluster has
 #: few reply topics, so this only bounds what hostile records could make it hold).
 MAX_REMEMBERED = 1024
+#: Seconds before looking for a reply topic the broker did not know, again.
+RECHECK_DELAYS = (0.1, 0.3)
 
 
 class ReplyAddresses:
@@ -44,17 +50,24 @@ class ReplyAddresses:
         except SettingsError:
             return f"{address.topic!r} is not a legal topic name"
         count = self._partitions.get(address.topic)
-        if count is None or address.partition >= count:
+        if count is not None and address.partition < count:
+            return None
+        count = None
+        for delay in (*RECHECK_DELAYS, None):
             try:
                 found = await self._transport.describe_topics([address.topic])
             except BrokerError as err:
                 logger.debug("cannot check reply address %s now: %s", address, err)
                 return None
             info = found.get(address.topic)
-            if info is None:
-                return f"reply topic {address.topic!r} does not exist"
-            count = info.partitions
-            self._remember(address.topic, count)
+            if info is not None:
+                count = info.partitions
+                self._remember(address.topic, count)
+                break
+            if delay is not None:
+                await asyncio.sleep(delay)
+        if count is None:
+            return f"reply topic {address.topic!r} does not exist"
         if address.partition >= count:
             return f"reply topic {address.topic!r} has no partition {address.partition}"
         return None
