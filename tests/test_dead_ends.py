@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from kourier import Client, Service, Settings, protocol
-from kourier.admin import DeadLetter, read_dead_letters
+from kourier.admin import DeadLetter, read_dead_letters, replay
 from kourier.protocol import ReplyAddress, Request
 from kourier.transports.base import Transport
 from tests import apps
@@ -150,8 +150,8 @@ async def test_an_undecodable_reply_never_stalls_the_caller(parts: Parts) -> Non
 
 
 async def test_an_undecodable_dead_letter_is_listed(parts: Parts) -> None:
-    """The dead-letter tools read past a record the client library cannot read, and list
-    it with why."""
+    """The dead-letter tools read past a record the client library cannot read, list it
+    with why, and do not replay it."""
     service = await parts.service()
     writer = await parts.raw()
     await writer.write(
@@ -166,7 +166,14 @@ async def test_an_undecodable_dead_letter_is_listed(parts: Parts) -> None:
     letters = await parts.dead_letters(3)
     assert [letter.record.value for letter in letters] == [b"one", b"two", b"three"]
     assert letters[1].record.undecodable is not None
+    assert "the Kafka client cannot read this record" in letters[1].reason
     assert [letters[0].reason, letters[2].reason] == ["first", "third"]
+    transport = parts.make_transport()
+    await transport.start()
+    try:
+        assert await replay(transport, parts.settings, "orders", letters) == 2
+    finally:
+        await transport.stop()
 
 
 async def test_a_one_way_message_over_the_services_limit_is_dead_lettered(

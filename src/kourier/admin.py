@@ -3,10 +3,14 @@
 Used by the ``kourier topics`` and ``kourier dead-letters`` commands; usable from code.
 Replaying publishes a copy of a dead letter to the service's request topic again; it
 never deletes the dead letter (Kafka topics are append-only), so replay each once.
+A record of the dead-letter topic that the Kafka client library could not read is
+listed with why (and logged); it is never replayed, as what could be read of it is not
+the record that was written.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,6 +20,8 @@ from kourier.settings import Settings
 from kourier.transports.base import Record, TopicInfo, TopicSpec, Transport
 
 _DEAD_HEADERS = (H_DEAD_REASON, H_DEAD_SOURCE, H_DEAD_ATTEMPTS)
+
+logger = logging.getLogger("kourier.admin")
 
 
 def service_topics(settings: Settings, service: str) -> list[TopicSpec]:
@@ -66,9 +72,13 @@ class DeadLetter:
     def from_record(cls, record: Record) -> DeadLetter:
         headers = {k: v for k, v in record.headers}
         attempts = headers.get(H_DEAD_ATTEMPTS, b"")
+        reason = headers.get(H_DEAD_REASON, b"").decode("utf-8", "replace")
+        if record.undecodable is not None:
+            unreadable = f"the Kafka client cannot read this record: {record.undecodable}"
+            reason = f"{reason} ({unreadable})" if reason else unreadable
         return cls(
             record=record,
-            reason=headers.get(H_DEAD_REASON, b"").decode("utf-8", "replace"),
+            reason=reason,
             source=headers.get(H_DEAD_SOURCE, b"").decode("utf-8", "replace"),
             attempts=int(attempts) if attempts.isdigit() else None,
         )
@@ -85,7 +95,14 @@ async def read_dead_letters(
         await reader.start()
         try:
             while batch := await reader.fetch(idle):
-                letters.extend(DeadLetter.from_record(r) for r in batch)
+                for record in batch:
+                    if record.undecodable is not None:
+                        logger.warning(
+                            "dead letter at %s cannot be read whole: %s",
+                            record.where,
+                            record.undecodable,
+                        )
+                    letters.append(DeadLetter.from_record(record))
         finally:
             await reader.stop()
     return letters
@@ -104,6 +121,9 @@ async def replay(
     acks = []
     for letter in letters:
         record = letter.record
+        if record.undecodable is not None:
+            logger.warning("not replaying the dead letter at %s: %s", record.where, letter.reason)
+            continue
         headers = [
             (name, value)
             for name, value in record.headers
