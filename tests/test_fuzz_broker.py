@@ -112,10 +112,13 @@ edits = st.lists(
 #: Where a mutated request's replies go: none (one-way), this run's reply partition, a
 #: reply topic that does not exist, or a partition the reply topic does not have.
 ADDRESSES = ["one-way", "ours", "missing-topic", "missing-partition"]
+#: Request bodies: empty, small, and over the service's ``max_request_bytes``.
+BODIES = [b"", b'{"kind": "x"}', b"x" * 70_000]
 mutated_requests = st.tuples(
     st.sampled_from(["GET /hello/m", "POST /events", "POST /count", "GET /nope"]),
     st.sampled_from(ADDRESSES),
     edits,
+    st.sampled_from(BODIES),
 )
 request_side = st.lists(st.one_of(random_records, mutated_requests), min_size=20, max_size=80)
 reply_side = st.lists(random_records, min_size=5, max_size=30)
@@ -153,6 +156,7 @@ async def run(request: pytest.FixtureRequest) -> AsyncIterator[Run]:
         commit_interval=0.05,
         drain_timeout=5.0,
         retry_attempts=1,
+        max_request_bytes=64 * 1024,
         bootstrap_servers=kafka_bootstrap(),
         kafka_client=client_library,
     )
@@ -192,7 +196,7 @@ async def run(request: pytest.FixtureRequest) -> AsyncIterator[Run]:
         print(f"\nFIGURES fuzz {json.dumps(line)}")
 
 
-def build(drawn: RawRecord | tuple[str, str, list[Edit]], reply_to: bytes) -> RawRecord:
+def build(drawn: RawRecord | tuple[str, str, list[Edit], bytes], reply_to: bytes) -> RawRecord:
     """The raw record for a drawn item, with the run's reply address filled in."""
     if isinstance(drawn, RawRecord):
         return RawRecord(
@@ -200,7 +204,7 @@ def build(drawn: RawRecord | tuple[str, str, list[Edit]], reply_to: bytes) -> Ra
             drawn.key,
             [(n, reply_to if v == REPLY_TO else v) for n, v in drawn.headers],
         )
-    line, where, changes = drawn
+    line, where, changes, body = drawn
     method, path = line.split()
     ours = ReplyAddress.decode(reply_to)
     address = {
@@ -209,7 +213,7 @@ def build(drawn: RawRecord | tuple[str, str, list[Edit]], reply_to: bytes) -> Ra
         "missing-topic": ReplyAddress(ours.topic + "-missing", 0),
         "missing-partition": ReplyAddress(ours.topic, 99),
     }[where]
-    request = Request(protocol.new_request_id(), method, path, reply_to=address)
+    request = Request(protocol.new_request_id(), method, path, body=body, reply_to=address)
     key, value, headers = protocol.encode_request(request)
     raw: list[tuple[bytes, bytes | None]] = [(n.encode(), v) for n, v in headers]
     for what, index, (name, header_value) in changes:
@@ -276,7 +280,7 @@ def accounted(service: Service) -> int:
 @given(requests=request_side, replies=reply_side, chunk=st.integers(1, 8))
 async def test_hostile_bytes_never_stall_a_partition_and_never_vanish(
     run: Run,
-    requests: list[RawRecord | tuple[str, str, list[Edit]]],
+    requests: list[RawRecord | tuple[str, str, list[Edit], bytes]],
     replies: list[RawRecord],
     chunk: int,
 ) -> None:

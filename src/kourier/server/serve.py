@@ -41,7 +41,7 @@ from kourier.server.idempotency import (
     identity,
 )
 from kourier.server.lifespan import Lifespan
-from kourier.server.reply_addresses import ReplyAddresses
+from kourier.server.refusals import Refusals
 from kourier.settings import Settings, check_service_name, check_topic_name
 from kourier.transports import kafka_transport
 from kourier.transports.base import Record, TopicSpec, Transport
@@ -117,7 +117,7 @@ class Service:
             self._idempotency = Idempotency(store, self.settings.idempotency_window)
         self._expired_unlogged = 0
         self._expired_logged_at = 0.0
-        self._reply_addresses = ReplyAddresses(self.transport)
+        self._refusals = Refusals(self.transport, self.settings.max_request_bytes)
 
     @property
     def request_topic(self) -> str:
@@ -375,31 +375,19 @@ class Service:
             logger.warning("could not send the %d reply to %s: %s", status, reply_to, exc)
 
     async def _refused(self, request: Request, record: Record) -> bool:
-        """Dead-letter, before the app runs, a request whose answer could not be sent or
-        that is over the size limit; True if it was refused.
-
-        A reply topic that does not exist would otherwise hold a handler slot while the
-        app runs for nothing; a one-way request over the limit would vanish with no reply
-        to carry the 413.
-        """
-        problem = None
-        if request.reply_to is not None:
-            problem = await self._reply_addresses.problem(request.reply_to)
-        if problem is not None:
-            self.stats.bad_reply_address += 1
-            logger.error("request %s at %s refused: %s", request.id, record.where, problem)
-            await self._dead_letter(record, f"bad reply address: {problem}", attempts=0)
-            return True
-        size, limit = len(request.body), self.settings.max_request_bytes
-        if size <= limit:
+        """Dead-letter a request the app must not run for (``server/refusals.py``)."""
+        refusal = await self._refusals.of(request)
+        if refusal is None:
             return False
-        self.stats.too_large += 1
-        reason = f"request body of {size} bytes is over max_request_bytes ({limit})"
-        logger.error("request %s at %s refused: %s", request.id, record.where, reason)
-        await self._dead_letter(record, reason, attempts=0)
-        acks: list[Awaitable[None]] = []
-        await self._error_reply(request.id, request.reply_to, 413, "request body too large", acks)
-        await _all(acks)
+        setattr(self.stats, refusal.why, getattr(self.stats, refusal.why) + 1)
+        logger.error("request %s at %s refused: %s", request.id, record.where, refusal.reason)
+        await self._dead_letter(record, refusal.reason, attempts=0)
+        if refusal.status is not None:
+            acks: list[Awaitable[None]] = []
+            await self._error_reply(
+                request.id, request.reply_to, refusal.status, refusal.reason, acks
+            )
+            await _all(acks)
         return True
 
     async def _reject(
@@ -420,7 +408,7 @@ class Service:
         if (
             request_id is not None
             and reply_to is not None
-            and await self._reply_addresses.problem(reply_to) is None
+            and await self._refusals.can_answer(reply_to)
         ):
             await self._error_reply(request_id, reply_to, 400, f"{kind} request: {exc}", acks)
         await _all(acks)
