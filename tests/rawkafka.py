@@ -8,6 +8,7 @@ produce request, so header names can be any bytes, keys and values any bytes or 
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import time
 from collections.abc import Sequence
@@ -81,27 +82,48 @@ class RawProducer:
         await self._client.close()
 
     async def send(self, topic: str, partition: int, records: Sequence[RawRecord]) -> int:
-        """Write ``records`` as one batch; the offset of the first, once acknowledged."""
-        leader = await self._leader(topic, partition)
-        request = ProduceRequest(None, -1, 10_000, [(topic, [(partition, record_batch(records))])])
-        response = await self._client.send(leader, request)
-        for _topic, partitions in response.topics:
-            for number, error_code, offset, *_ in partitions:
-                if number == partition:
-                    if error_code:
-                        raise RuntimeError(f"produce refused: {for_code(error_code).__name__}")
-                    return int(offset)
-        raise RuntimeError("no answer for the partition")
+        """Write ``records`` as one batch; the offset of the first, once acknowledged.
+
+        A topic created a moment ago may have no leader ready yet: retriable refusals
+        are tried again for up to 10 s, as a Kafka client would.
+        """
+        batch = record_batch(records)
+        deadline = time.monotonic() + 10
+        while True:
+            leader = await self._leader(topic, partition)
+            request = ProduceRequest(None, -1, 10_000, [(topic, [(partition, batch)])])
+            response = await self._client.send(leader, request)
+            error = next(
+                (
+                    (code, offset)
+                    for _topic, partitions in response.topics
+                    for number, code, offset, *_ in partitions
+                    if number == partition
+                ),
+                None,
+            )
+            if error is None:
+                raise RuntimeError("no answer for the partition")
+            code, offset = error
+            if code == 0:
+                return int(offset)
+            refusal = for_code(code)
+            if not refusal.retriable or time.monotonic() > deadline:
+                raise RuntimeError(f"produce refused: {refusal.__name__}")
+            await asyncio.sleep(0.1)
 
     async def _leader(self, topic: str, partition: int) -> int:
-        node = self._client.get_random_node()
-        response = await self._client.send(node, MetadataRequest([topic]))
-        for _error, name, _internal, partitions, *_ in response.topics:
-            if name == topic:
-                for entry in partitions:
-                    if entry[1] == partition:
+        deadline = time.monotonic() + 10
+        while True:
+            node = self._client.get_random_node()
+            response = await self._client.send(node, MetadataRequest([topic]))
+            for _error, name, _internal, partitions, *_ in response.topics:
+                for entry in partitions if name == topic else ():
+                    if entry[1] == partition and entry[2] >= 0:
                         return int(entry[2])
-        raise RuntimeError(f"no leader for {topic}[{partition}]")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no leader for {topic}[{partition}]")
+            await asyncio.sleep(0.1)
 
 
 class RawWriter:

@@ -592,17 +592,27 @@ class KafkaGroupConsumer(GroupConsumer):
                     records += await self._transport.read_raw(
                         (ktp.topic, ktp.partition), start, room
                     )
-        except (KafkaError, IllegalStateError, TimeoutError, BrokerError) as err:
-            for ktp, start in starts.items():
-                consumer.seek(ktp, start)
+        except (KafkaError, TimeoutError, BrokerError) as err:
+            self._seek(consumer, rebalances, starts)
             raise BrokerError(f"fetch from group {self.group!r} failed: {_reason(err)}") from err
-        for ktp, start in starts.items():
-            last = [r.offset for r in records if (r.topic, r.partition) == ktp]
-            consumer.seek(ktp, last[-1] + 1 if last else start)
-        if self._listener.rebalances != rebalances or self._consumer is None:
+        after = dict(starts)
+        for record in records:
+            after[KafkaTopicPartition(record.topic, record.partition)] = record.offset + 1
+        if not self._seek(consumer, rebalances, after):
             return []
         self._handed_out(records)
         return records
+
+    def _seek(self, consumer: Any, rebalances: int, positions: Mapping[Any, int]) -> bool:
+        """Set the positions, unless a rebalance has reset them meanwhile (then False)."""
+        if self._listener.rebalances != rebalances or self._consumer is None:
+            return False
+        try:
+            for ktp, offset in positions.items():
+                consumer.seek(ktp, offset)
+        except IllegalStateError:  # revoked after all: its position no longer matters
+            return False
+        return True
 
     async def _position_before(self, consumer: Any, ktp: Any) -> int:
         known = self._next.get((ktp.topic, ktp.partition))
