@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -15,13 +16,14 @@ from tests.processes import ROOT
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e, pytest.mark.timeout(120)]
 
 
-def test_kourier_run_exits_1_when_its_fetch_loop_dies() -> None:
+def test_kourier_run_exits_1_when_its_fetch_loop_dies(tmp_path: Path) -> None:
     """A fetch loop that dies of a bug stops the process with exit 1 and the error in
     its log, so Kubernetes restarts it; it does not idle on as a zombie."""
     env = {
         **os.environ,
         "KOURIER_BOOTSTRAP_SERVERS": kafka_bootstrap(),
         "KOURIER_TOPIC_PREFIX": f"dying{uuid.uuid4().hex[:8]}.",
+        "KOURIER_E2E_DIR": str(tmp_path),
         "PYTHONPATH": str(ROOT),
     }
     result = subprocess.run(
