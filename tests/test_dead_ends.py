@@ -11,6 +11,7 @@ libraries.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -19,7 +20,7 @@ import pytest
 from kourier import Client, Service, Settings, protocol
 from kourier.admin import DeadLetter, read_dead_letters, replay
 from kourier.protocol import ReplyAddress, Request
-from kourier.transports.base import Transport
+from kourier.transports.base import TopicSpec, Transport
 from tests import apps
 from tests.conftest import TransportFactory
 from tests.rawkafka import RawRecord, RawWriter
@@ -132,6 +133,39 @@ async def test_an_undecodable_request_is_dead_lettered_and_its_neighbours_run(
     assert consumer is not None
     await eventually(lambda: consumer.completed == 3, 10)
     assert (await consumer.lag()).get((service.request_topic, 0), 0) == 0
+
+
+async def test_a_backlog_on_every_partition_with_one_undecodable_record_loses_nothing(
+    parts: Parts,
+) -> None:
+    """A backlog on every partition, one undecodable record among it, fetched together
+    when the service starts: every other record runs exactly once, the bad one is
+    dead-lettered (the client library fails the whole fetch, not one partition)."""
+    settings = parts.settings
+    topic = settings.request_topic("orders")
+    setup = parts.make_transport()
+    await setup.start()
+    await setup.ensure_topics([TopicSpec(topic, settings.partitions)])
+    await setup.stop()
+    writer = await parts.raw()
+    apps.events.clear()
+    expected = []
+    for partition in range(settings.partitions):
+        batch = []
+        for n in range(5):
+            body = json.dumps({"p": partition, "n": n}).encode()
+            expected.append({"p": partition, "n": n})
+            batch.append(request_record(one_way(body=body)))
+            if (partition, n) == (1, 2):
+                batch.append(request_record(one_way(), (BAD_NAME, b"x")))
+        await writer.write(topic, partition, batch)
+    service = await parts.service()
+    await eventually(
+        lambda: len(apps.events) == len(expected) and service.stats.dead_letters == 1, 30
+    )
+    await asyncio.sleep(0.5)  # nothing more comes: no record runs twice
+    assert sorted(apps.events, key=lambda e: (e["p"], e["n"])) == expected
+    assert service.stats.undecodable == 1
 
 
 async def test_an_undecodable_reply_never_stalls_the_caller(parts: Parts) -> None:
