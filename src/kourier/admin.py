@@ -5,6 +5,9 @@ Replaying publishes a copy of a dead letter to the service's request topic again
 never deletes the dead letter (Kafka topics are append-only). Instead, once the copy is
 acknowledged, it appends a replay marker to the dead-letter topic (docs/protocol.md), so
 that listing shows which letters were replayed and ``replay --all`` skips them.
+A record of the dead-letter topic that the Kafka client library could not read is
+listed with why (and logged); it is never replayed, as what could be read of it is not
+the record that was written.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ _DEAD_HEADERS = (H_DEAD_REASON, H_DEAD_SOURCE, H_DEAD_ATTEMPTS)
 #: On a replay marker: ``<partition>:<offset>`` of the dead letter that was replayed.
 H_REPLAYED = "kourier-replayed"
 TYPE_REPLAYED = b"replayed"
+
+logger = logging.getLogger("kourier.admin")
 
 
 def service_topics(settings: Settings, service: str) -> list[TopicSpec]:
@@ -83,9 +88,13 @@ class DeadLetter:
     def from_record(cls, record: Record) -> DeadLetter:
         headers = {k: v for k, v in record.headers}
         attempts = headers.get(H_DEAD_ATTEMPTS, b"")
+        reason = headers.get(H_DEAD_REASON, b"").decode("utf-8", "replace")
+        if record.undecodable is not None:
+            unreadable = f"the Kafka client cannot read this record: {record.undecodable}"
+            reason = f"{reason} ({unreadable})" if reason else unreadable
         return cls(
             record=record,
-            reason=headers.get(H_DEAD_REASON, b"").decode("utf-8", "replace"),
+            reason=reason,
             source=headers.get(H_DEAD_SOURCE, b"").decode("utf-8", "replace"),
             attempts=int(attempts) if attempts.isdigit() else None,
         )
@@ -104,6 +113,14 @@ async def read_dead_letters(
         try:
             while batch := await reader.fetch(idle):
                 for record in batch:
+                    if record.undecodable is not None:
+                        logger.warning(
+                            "dead letter at %s cannot be read whole: %s",
+                            record.where,
+                            record.undecodable,
+                        )
+                        letters.append(DeadLetter.from_record(record))
+                        continue
                     marked = _replayed_position(record)
                     if marked is not None:
                         replayed.add(marked)
@@ -138,6 +155,9 @@ async def replay(
     acks = []
     for letter in letters:
         record = letter.record
+        if record.undecodable is not None:
+            logger.warning("not replaying the dead letter at %s: %s", record.where, letter.reason)
+            continue
         headers = [
             (name, value)
             for name, value in record.headers

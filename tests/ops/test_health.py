@@ -132,6 +132,7 @@ async def test_a_fetch_that_stalls_with_records_waiting_is_not_live() -> None:
         transport=MemoryTransport(),
         hooks=Hooks(),
         stats=SimpleNamespace(retries=0, duplicates=0),
+        failure=None,
     )
     health = HealthServer(service, 0, "127.0.0.1", stall_timeout=1.0, sample_interval=0.05)
     async with health:

@@ -85,6 +85,8 @@ async def test_expired_dead_lettered_and_retried_work_is_counted(
     assert value(samples, "kourier_dead_letters_total", service="orders") == 2
     assert value(samples, "kourier_retries_total", service="orders") == 1
     assert value(samples, "kourier_errors_total", service="orders") == 2
+    assert value(samples, "kourier_refused_total", service="orders", why="malformed") == 1
+    assert value(samples, "kourier_refused_total", service="orders", why="undecodable") == 0
 
 
 async def test_lag_and_in_flight_show_the_work_waiting(
@@ -129,6 +131,23 @@ def test_client_metrics_count_calls_by_outcome() -> None:
     assert value(samples, calls, service="orders", method="_OTHER", outcome="5xx") == 1
     assert value(samples, "kourier_client_timeouts_total", service="orders") == 1
     assert value(samples, "kourier_client_seconds_count", service="orders", method="GET") == 2
+
+
+async def test_client_metrics_count_reply_records_stepped_over(
+    settings: Settings, broker: MemoryBroker
+) -> None:
+    """Records on a caller's reply partition that are not replies, or that the client
+    library cannot read, are counted by why."""
+    metrics = ClientMetrics()
+    async with Client(settings, transport=MemoryTransport(broker), metrics=metrics) as caller:
+        address = caller.inbox.address
+        broker.append(address.topic, b"x", None, [(b"\xff", b"")], address.partition)
+        broker.append(address.topic, b"x", None, [("kourier-v", b"9")], address.partition)
+        await until(lambda: sum(caller.inbox.dropped.values()) == 2)
+    samples = parse(generate_latest(metrics.registry).decode())
+    dropped = "kourier_client_replies_dropped_total"
+    assert value(samples, dropped, why="undecodable") == 1
+    assert value(samples, dropped, why="malformed") == 1
 
 
 async def test_without_prometheus_client_metrics_answer_501_with_a_hint(

@@ -139,6 +139,8 @@ class Client:
         self.lookup = ServiceLookup(self.transport, self.settings)
         #: Cancels for calls that ended before their reply did (``client/cancel.py``).
         self.cancels = CancelSender(self.transport, self.settings)
+        if metrics is not None:
+            self.inbox.on_dropped = metrics.reply_dropped
         self._deliveries: set[asyncio.Future[None]] = set()
         self._delivery_failures: list[BaseException] = []
         self._started = False

@@ -5,10 +5,13 @@ caller instances spread over the partitions) from its end, and hands each reply 
 to the waiter registered for its request id. Several callers may read the same
 partition: each keeps only the ids it is waiting for and drops the rest.
 
-It must never die on bad input: a malformed record, a reply nobody waits for (another
-caller's, or one that came after its deadline) and a broker hiccup are logged and
-skipped. Waiters are forgotten as soon as their call is over, so the map only holds
-calls in flight.
+It must never die on bad input: a malformed record, one the Kafka client could not
+read (``Record.undecodable``), a reply nobody waits for (another caller's, or one that
+came after its deadline) and a broker hiccup are logged and skipped, and the bad records
+counted (``dropped``). If its task ends all the same (a bug), it is never a zombie: the
+error is logged, every waiting call fails with it, and so does every new call.
+Waiters are forgotten as soon as their call is over, so the map only holds calls in
+flight.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import Counter
+from collections.abc import Callable
 from itertools import count
 from types import TracebackType
 
@@ -217,6 +222,12 @@ class ReplyInbox:
         self._reader: PartitionReader | None = None
         self._task: asyncio.Task[None] | None = None
         self._address: ReplyAddress | None = None
+        #: Records stepped over, by why: "malformed" or "undecodable".
+        self.dropped: Counter[str] = Counter()
+        #: Called with the why of each record stepped over (the client's metrics).
+        self.on_dropped: Callable[[str], None] | None = None
+        #: The error the reading task died of, if it did.
+        self.failure: BaseException | None = None
 
     @property
     def address(self) -> ReplyAddress:
@@ -247,10 +258,28 @@ class ReplyInbox:
         self._reader = reader
         self._address = ReplyAddress(topic, partition)
         self._task = asyncio.create_task(self._run(reader), name=f"kourier replies {topic}")
+        self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        self.failure = task.exception()
+        logger.error(
+            "the reply inbox stopped reading %s: every call of this client fails now",
+            self._address,
+            exc_info=self.failure,
+        )
+        error = BrokerError(f"the reply inbox stopped: {self.failure!r}")
+        for waiter in list(self._waiters.values()):
+            waiter.fail(error)
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        await cancel_and_wait(task)
+        try:
+            await cancel_and_wait(task)
+        except Exception as error:
+            if error is not self.failure:  # already logged and given to every call
+                raise
         for waiter in list(self._waiters.values()):
             waiter.fail(BrokerError("the client stopped before the reply came"))
         if self._reader is not None:
@@ -261,6 +290,8 @@ class ReplyInbox:
         """Register a waiter for ``request_id``; close it when the call is over."""
         if self._task is None:
             raise RuntimeError("the reply inbox is not started")
+        if self.failure is not None:
+            raise BrokerError(f"the reply inbox stopped: {self.failure!r}")
         if request_id in self._waiters:
             raise ValueError(f"request id {request_id!r} is already waiting for a reply")
         waiter = ReplyWaiter(self, request_id, gather=gather)
@@ -276,8 +307,10 @@ class ReplyInbox:
         while True:
             try:
                 records = await reader.fetch(_FETCH_TIMEOUT)
-            except Exception:
-                logger.exception("could not fetch replies; retrying in %.1fs", backoff)
+            except BrokerError as exc:
+                # Only the broker's errors pass: anything else (a reader that can never
+                # fetch again) ends the task, and ``_ended`` fails the calls.
+                logger.error("could not fetch replies; retrying in %.1fs: %s", backoff, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 continue
@@ -286,17 +319,27 @@ class ReplyInbox:
                 self.route(record)
 
     def route(self, record: Record) -> None:
-        """Hand one reply record to its waiter; log and drop anything else."""
+        """Hand one reply record to its waiter; log, count and drop anything else."""
+        if record.undecodable is not None:
+            self._drop(record, "undecodable", record.undecodable)
+            return
         try:
             reply = decode_reply(record.value, record.headers)
         except ProtocolError as exc:
-            logger.warning("dropped malformed reply record %s: %s", record.where, exc)
+            self._drop(record, "malformed", str(exc))
             return
-        except Exception:
-            logger.exception("dropped undecodable reply record %s", record.where)
+        except Exception as exc:
+            logger.exception("unexpected error decoding %s", record.where)
+            self._drop(record, "malformed", repr(exc))
             return
         waiter = self._waiters.get(reply.request_id)
         if waiter is None:
             logger.debug("dropped reply %s: no call waits for %s", record.where, reply.request_id)
             return
         waiter.deliver(reply)
+
+    def _drop(self, record: Record, why: str, reason: str) -> None:
+        self.dropped[why] += 1
+        logger.warning("dropped %s reply record at %s: %s", why, record.where, reason)
+        if self.on_dropped is not None:
+            self.on_dropped(why)

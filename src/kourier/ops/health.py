@@ -9,7 +9,9 @@ lag); the thread only reads attributes and never awaits or calls into the loop.
 - ready: the broker answers a ping, the consumer has joined its group (an empty
   assignment counts: more instances than partitions is healthy), the app's lifespan
   startup has finished, the service is not draining, and the loop is not blocked;
-- live: the loop's heartbeat is younger than ``stall_timeout``, and the consume loop
+- live: no task the service depends on has died (the fetch and commit loops, this
+  server's own heartbeat and ping tasks: a dead one turns both probes red at once),
+  the loop's heartbeat is younger than ``stall_timeout``, and the consume loop
   has made progress within ``stall_timeout`` unless no work is waiting (nothing
   fetched-but-waiting at the concurrency bound, no lag). Set ``stall_timeout`` above
   your slowest handler and above a rebalance (``drain_timeout`` plus a margin).
@@ -95,6 +97,8 @@ class HealthServer:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        #: The error one of this server's own tasks died of, if one did.
+        self.failure: BaseException | None = None
 
     # -- life --------------------------------------------------------------------------
 
@@ -116,6 +120,8 @@ class HealthServer:
             asyncio.create_task(self._heartbeat(), name="kourier-health-heartbeat"),
             asyncio.create_task(self._ping_loop(), name="kourier-health-ping"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(self._task_ended)
         self.lag.start()
         logger.info("health and metrics on http://%s:%d", self.host, self.port)
 
@@ -136,6 +142,14 @@ class HealthServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._server is None:
+            return
+        self.failure = task.exception() or RuntimeError(f"{task.get_name()} returned")
+        logger.critical(
+            "the %s task died: probes answer 503", task.get_name(), exc_info=self.failure
+        )
 
     # -- fed by the loop ---------------------------------------------------------------
 
@@ -170,6 +184,9 @@ class HealthServer:
 
     def liveness(self) -> str | None:
         """None if live, else why not (one line)."""
+        failure = self.service.failure or self.failure
+        if failure is not None:
+            return f"a task it depends on died: {failure!r}"[:500]
         now = time.monotonic()
         beat = self._beat
         if beat is not None and now - beat > self.stall_timeout:

@@ -175,7 +175,7 @@ class _ScrapeTimeCollector:
         yield from self._families()
 
     def collect(self) -> Iterator[Metric]:
-        in_flight, lag, retries, duplicates, cancelled, timed_out = self._families()
+        in_flight, lag, retries, duplicates, cancelled, timed_out, refused = self._families()
         for service, sampler in list(self._services):
             name = [service.name]
             consumer = service.consumer
@@ -186,10 +186,18 @@ class _ScrapeTimeCollector:
             duplicates.add_metric(name, service.stats.duplicates)
             cancelled.add_metric(name, service.stats.cancelled)
             timed_out.add_metric(name, service.stats.timed_out)
-        yield from (in_flight, lag, retries, duplicates, cancelled, timed_out)
+            stats = service.stats
+            for why, count in (
+                ("malformed", stats.malformed),
+                ("undecodable", stats.undecodable),
+                ("too_large", stats.too_large),
+                ("bad_reply_address", stats.bad_reply_address),
+            ):
+                refused.add_metric([service.name, why], count)
+        yield from (in_flight, lag, retries, duplicates, cancelled, timed_out, refused)
 
     @staticmethod
-    def _families() -> tuple[Any, Any, Any, Any, Any, Any]:
+    def _families() -> tuple[Any, Any, Any, Any, Any, Any, Any]:
         core = _prometheus().metrics_core
         return (
             core.GaugeMetricFamily(
@@ -221,6 +229,13 @@ class _ScrapeTimeCollector:
                 "kourier_timed_out",
                 "One-way handler runs cut at the time limit (message_timeout; each attempt).",
                 labels=["service"],
+            ),
+            core.CounterMetricFamily(
+                "kourier_refused",
+                "Request records dead-lettered before the app ran, by why: malformed, "
+                "undecodable (the Kafka client could not read it), too_large, "
+                "bad_reply_address.",
+                labels=["service", "why"],
             ),
         )
 
@@ -305,6 +320,16 @@ class ClientMetrics:
             buckets=HANDLER_BUCKETS,
             registry=self.registry,
         )
+        self.replies_dropped = pc.Counter(
+            "kourier_client_replies_dropped",
+            "Records on this caller's reply partition stepped over, by why: malformed, "
+            "or undecodable (the Kafka client could not read it).",
+            ["why"],
+            registry=self.registry,
+        )
+
+    def reply_dropped(self, why: str) -> None:
+        self.replies_dropped.labels(why).inc()
 
     def observe(self, service: str, method: str, outcome: str, seconds: float) -> None:
         method = method_label(method)

@@ -14,7 +14,9 @@ The rules this module keeps (docs/reliability.md lists the tests behind them):
   done, are not committed: their records are redelivered. Then what is done is
   committed.
 
-It must never let a handler's exception escape into the fetch loop.
+It must never let a handler's exception escape into the fetch loop, and never run on
+as a zombie: if the fetch loop or the commit loop ends with an error, ``failure`` holds
+it and ``failed`` is set at once (health turns red, ``serve`` stops the process).
 """
 
 from __future__ import annotations
@@ -113,6 +115,9 @@ class RequestConsumer:
         self.joined = False
         self.fetched = 0
         self.completed = 0
+        #: The error the fetch or commit loop died of; ``failed`` is set when it is.
+        self.failure: BaseException | None = None
+        self.failed = asyncio.Event()
 
     @property
     def in_flight(self) -> int:
@@ -134,14 +139,38 @@ class RequestConsumer:
         await self._consumer.start()
         self._loop_task = asyncio.create_task(self._fetch_loop(), name="kourier-fetch")
         self._commit_task = asyncio.create_task(self._commit_loop(), name="kourier-commit")
+        for task in (self._loop_task, self._commit_task):
+            task.add_done_callback(self._task_ended)
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """A loop that ends before ``stop`` is dead: record why, so nothing waits on it."""
+        if task.cancelled() or self._stopping.is_set():
+            return
+        error = task.exception() or RuntimeError(f"{task.get_name()} returned")
+        if self.failure is None:
+            self.failure = error
+        logger.critical(
+            "the %s task died: this instance stops consuming", task.get_name(), exc_info=error
+        )
+        self.failed.set()
 
     async def stop(self) -> None:
         """Stop fetching, let running handlers finish (bounded), commit, leave the group."""
         self._stopping.set()
         self._slot_freed.set()
-        await cancel_and_wait(self._loop_task, self._commit_task)
+        try:
+            await cancel_and_wait(self._loop_task, self._commit_task)
+        except Exception as error:
+            # Already logged and kept in ``failure``; stopping still drains and commits
+            # what was done.
+            if error is not self.failure:
+                raise
         await self._drain(set(self._progress))
-        await self._commit()
+        try:
+            await self._commit()
+        except Exception:
+            # Leave the group all the same; what was not committed is redelivered.
+            logger.exception("the last commit failed; uncommitted records will be redelivered")
         await self._consumer.stop()
         self.joined = False
 

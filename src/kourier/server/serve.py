@@ -44,6 +44,7 @@ from kourier.server.idempotency import (
     identity,
 )
 from kourier.server.lifespan import Lifespan
+from kourier.server.refusals import Refusals
 from kourier.settings import Settings, check_service_name, check_topic_name
 from kourier.transports import kafka_transport
 from kourier.transports.base import Record, TopicSpec, Transport
@@ -80,6 +81,10 @@ class ServiceStats:
     cut_at_deadline: int = 0
     cancelled: int = 0
     timed_out: int = 0
+    #: Records dead-lettered before the app ran, by why (docs/reliability.md lists them).
+    undecodable: int = 0
+    too_large: int = 0
+    bad_reply_address: int = 0
 
 
 class Service:
@@ -127,6 +132,7 @@ class Service:
         self.cancels = CancelReader(
             self.transport, self.settings.cancel_topic(self.name), self.running
         )
+        self._refusals = Refusals(self.transport, self.settings.max_request_bytes)
 
     @property
     def request_topic(self) -> str:
@@ -143,6 +149,11 @@ class Service:
     @property
     def consumer(self) -> RequestConsumer | None:
         return self._consumer
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why a task this instance depends on died (it no longer consumes), or None."""
+        return self._consumer.failure if self._consumer is not None else None
 
     async def start(self) -> None:
         s = self.settings
@@ -210,6 +221,9 @@ class Service:
     # -- one record ----------------------------------------------------------------------
 
     async def _handle(self, record: Record) -> None:
+        if record.undecodable is not None:
+            await self._reject(record, ProtocolError(record.undecodable), undecodable=True)
+            return
         try:
             request = protocol.decode_request(record.key, record.value, record.headers)
         except ProtocolError as exc:
@@ -243,12 +257,7 @@ class Service:
             self.stats.cancelled += 1
             logger.info("skipped request %s: its caller cancelled it before it came", request.id)
             return
-        if len(request.body) > self.settings.max_request_bytes:
-            acks: list[Awaitable[None]] = []
-            await self._error_reply(
-                request.id, request.reply_to, 413, "request body too large", acks
-            )
-            await _all(acks)
+        if await self._refused(request, record):
             return
         gate = self._idempotency
         if gate is None:
@@ -378,11 +387,13 @@ class Service:
         """Count a skipped request; log a summary at most once a second, not each one."""
         self.stats.expired += 1
         self._expired_unlogged += 1
+        logger.debug("skipped request %s: its deadline had passed", request.id)
         now = time.monotonic()
         if now - self._expired_logged_at >= 1.0:
             logger.warning(
-                "skipped %d requests whose deadline had passed (latest: %s %s)",
+                "skipped %d requests whose deadline had passed (latest: %s %s %s)",
                 self._expired_unlogged,
+                request.id,
                 request.method,
                 request.path,
             )
@@ -418,16 +429,43 @@ class Service:
         except KourierError as exc:
             logger.warning("could not send the %d reply to %s: %s", status, reply_to, exc)
 
-    async def _reject(self, record: Record, exc: ProtocolError) -> None:
-        """A record that breaks the format: log, dead-letter, answer 400 if we can."""
-        self.stats.malformed += 1
-        logger.error("malformed record at %s: %s", record.where, exc)
-        await self._dead_letter(record, str(exc), attempts=0)
+    async def _refused(self, request: Request, record: Record) -> bool:
+        """Dead-letter a request the app must not run for (``server/refusals.py``)."""
+        refusal = await self._refusals.of(request)
+        if refusal is None:
+            return False
+        setattr(self.stats, refusal.why, getattr(self.stats, refusal.why) + 1)
+        logger.error("request %s at %s refused: %s", request.id, record.where, refusal.reason)
+        await self._dead_letter(record, refusal.reason, attempts=0)
+        if refusal.status is not None:
+            acks: list[Awaitable[None]] = []
+            await self._error_reply(
+                request.id, request.reply_to, refusal.status, refusal.reason, acks
+            )
+            await _all(acks)
+        return True
+
+    async def _reject(
+        self, record: Record, exc: ProtocolError, *, undecodable: bool = False
+    ) -> None:
+        """A record that breaks the format, or that the Kafka client could not read: log,
+        dead-letter, answer 400 if its request id and a reply address can be read."""
+        kind = "undecodable" if undecodable else "malformed"
+        if undecodable:
+            self.stats.undecodable += 1
+        else:
+            self.stats.malformed += 1
+        logger.error("%s record at %s: %s", kind, record.where, exc)
+        await self._dead_letter(record, f"{kind} record: {exc}", attempts=0)
         acks: list[Awaitable[None]] = []
         request_id = protocol.request_id_of(record.headers)
         reply_to = protocol.reply_to_of(record.headers)
-        if request_id is not None:
-            await self._error_reply(request_id, reply_to, 400, f"malformed request: {exc}", acks)
+        if (
+            request_id is not None
+            and reply_to is not None
+            and await self._refusals.can_answer(reply_to)
+        ):
+            await self._error_reply(request_id, reply_to, 400, f"{kind} request: {exc}", acks)
         await _all(acks)
 
     async def _dead_letter(self, record: Record, reason: str, *, attempts: int) -> None:
@@ -633,7 +671,7 @@ async def serve(
         gc.freeze()
         if ready is not None:
             ready(instance)
-        await stop.wait()
+        await _stopped_or_failed(stop, instance)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
@@ -643,3 +681,23 @@ async def serve(
         await instance.stop()
         if health is not None:
             await health.stop()
+    if instance.failure is not None:
+        raise KourierError(
+            f"service {service!r} stopped because a task it needs died: {instance.failure!r}"
+        ) from instance.failure
+
+
+async def _stopped_or_failed(stop: asyncio.Event, instance: Service) -> None:
+    """Wait for a stop signal, or for a task of the instance to die (then exit non-zero,
+    so an orchestrator restarts the process instead of keeping a zombie)."""
+    consumer = instance.consumer
+    waits = [asyncio.ensure_future(stop.wait())]
+    if consumer is not None:
+        waits.append(asyncio.ensure_future(consumer.failed.wait()))
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+    if instance.failure is not None:
+        logger.critical("stopping: %r", instance.failure)

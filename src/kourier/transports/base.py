@@ -54,6 +54,10 @@ class Record:
     value: bytes | None
     headers: Sequence[tuple[str, bytes]]
     timestamp_ms: int
+    #: Why the client library could not read this record (a header name that is not
+    #: UTF-8, bytes that do not parse), or None. Such a record carries what could be
+    #: read; every reader steps over it, logs and counts it, and a service dead-letters it.
+    undecodable: str | None = None
 
     @property
     def where(self) -> str:

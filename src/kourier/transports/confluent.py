@@ -50,6 +50,7 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
+import operator
 import queue
 import threading
 import time
@@ -70,7 +71,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin import OffsetSpec as _OffsetSpec  # type: ignore[attr-defined]
 from confluent_kafka.cimpl import NewTopic
 
-from kourier.errors import BrokerError, PublishError
+from kourier.errors import BrokerError, KourierError, PublishError
 from kourier.settings import Settings
 from kourier.transports.base import (
     UNREACHABLE_HINT,
@@ -792,6 +793,9 @@ class _ConsumerThread:
         self._fail = fail
         self._commands: queue.SimpleQueue[Command | None] = queue.SimpleQueue()
         self._closing = False
+        #: Why the thread ended on its own (an error in it), or None: a consumer whose
+        #: thread died can never fetch again, and ``fetch`` says so (``dead``).
+        self.died: str | None = None
         self.waiting_for_room = False
         self._revocations = 0
         self._revoked: set[TopicPartition] = set()
@@ -847,6 +851,7 @@ class _ConsumerThread:
                 self._poll(consumer)
         except Exception as err:
             log.exception("a Kafka consumer thread failed")
+            self.died = _reason(err)
             self._call(self._fail, BrokerError(f"the consumer failed: {_reason(err)}"))
         finally:
             self._closing = True
@@ -920,6 +925,12 @@ class _ConsumerThread:
                     command(consumer)
                 except Exception as err:  # a posted command has nobody to tell
                     log.warning("a Kafka consumer command failed: %s", _reason(err))
+
+    def check_alive(self) -> None:
+        """Raise if the thread died: not a ``BrokerError`` (retrying cannot help), so the
+        reader's task ends and the failure shows (probes, ``kourier run``'s exit)."""
+        if self.died is not None:
+            raise KourierError(f"the Kafka consumer thread died: {self.died}")
 
     def run_on_loop(self, callback: Coroutine[Any, Any, None], timeout: float) -> None:
         """Run a rebalance callback on the loop and wait for it, serving commands meanwhile.
@@ -1073,7 +1084,7 @@ class ConfluentGroupConsumer(GroupConsumer):
     # -- records ---------------------------------------------------------------------
 
     async def fetch(self, max_records: int, timeout: float) -> list[Record]:
-        self._running()
+        self._running().check_alive()
         self._raise_failure()
         buffer = self._buffer
         deadline = time.monotonic() + max(0.0, timeout)
@@ -1385,6 +1396,7 @@ class ConfluentPartitionReader(PartitionReader):
     async def fetch(self, timeout: float) -> list[Record]:
         if self._thread is None:
             raise BrokerError("reader is not started")
+        self._thread.check_alive()
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
             records = self._buffer.take(CONSUME_BATCH * 10)
@@ -1418,21 +1430,50 @@ def _tp(partition: KafkaTopicPartition | Message) -> TopicPartition:
 
 
 def _record(message: Message) -> Record:
-    headers = message.headers() or ()
-    if isinstance(headers, dict):
-        headers = list(headers.items())
+    try:
+        headers = _headers(message)
+        undecodable = None
+    except Exception as err:
+        # confluent-kafka decodes header names as UTF-8, and one that is not breaks the
+        # whole list (see ``_headers``): the headers are out of reach, key and value not.
+        headers = ()
+        undecodable = f"confluent-kafka cannot read its headers ({type(err).__name__}: {err})"
     return Record(
         topic=message.topic() or "",
         partition=message.partition() or 0,
         offset=message.offset() or 0,
         key=message.key(),
         value=message.value(),
-        headers=tuple(
-            (name, value.encode() if isinstance(value, str) else value or b"")
-            for name, value in headers
-        ),
+        headers=headers,
         timestamp_ms=message.timestamp()[1],
+        undecodable=undecodable,
     )
+
+
+#: ``message.headers()`` through a C-level call: see ``_headers``.
+_READ_HEADERS = operator.methodcaller("headers")
+
+
+def _headers(message: Message) -> tuple[tuple[str, bytes], ...]:
+    """A message's headers, read once and never unchecked.
+
+    For a name that is not UTF-8, confluent-kafka's ``headers()`` returns a list
+    holding a NULL where the name was, with the ``UnicodeDecodeError`` left set, and
+    caches that list for later calls. A call checked by CPython turns that into a
+    ``SystemError``; but Python 3.11+ specialises a call site of a C method after a few
+    calls, and the specialised call does not check: the list came back, and touching
+    the NULL crashed the process (the fuzz test's long run found it). Calling through
+    ``operator.methodcaller`` always goes through CPython's checked call path.
+    """
+    raw = _READ_HEADERS(message) or ()
+    if isinstance(raw, dict):
+        raw = list(raw.items())
+    headers = tuple(
+        (name, value.encode() if isinstance(value, str) else value or b"") for name, value in raw
+    )
+    if not all(isinstance(name, str) for name, _ in headers):
+        raise ValueError("a header name is not text")
+    return headers
 
 
 def _size(record: Record) -> int:

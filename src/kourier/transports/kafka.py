@@ -1,8 +1,9 @@
 """The broker contract on Apache Kafka, through aiokafka.
 
-This is the only module in kourier that imports aiokafka. aiokafka ships no type hints,
-so every aiokafka object is ``Any`` and stays inside this file: what leaves it is the
-contract's types (``Record``, tuples for partitions) and kourier's errors.
+This is the only module in kourier that imports aiokafka (``record_batches.py``, which
+reads raw batches past aiokafka's reader, borrows its compression codecs). aiokafka
+ships no type hints, so every aiokafka object is ``Any`` and stays inside this file:
+what leaves it is the contract's types (``Record``, tuples for partitions) and kourier's errors.
 
 It must never log a secret (the SASL password is revealed only to aiokafka), never wait
 on the broker without a bound, and never make Kafka create a topic as a side effect: its
@@ -49,6 +50,7 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
     for_code,
 )
 from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped]
+from aiokafka.protocol.fetch import FetchRequest  # type: ignore[import-untyped]
 from aiokafka.protocol.metadata import MetadataRequest  # type: ignore[import-untyped]
 from aiokafka.structs import TopicPartition as KafkaTopicPartition  # type: ignore[import-untyped]
 
@@ -68,6 +70,7 @@ from kourier.transports.base import (
     log_created,
     require_topics,
 )
+from kourier.transports.record_batches import read_records
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,11 @@ HEARTBEAT_INTERVAL_MS = 1_000
 REBALANCE_MARGIN = 30.0
 #: Seconds ``ensure_topics`` waits for new topics to have a leader for every partition.
 TOPIC_READY_TIMEOUT = 30.0
+#: Bytes of one partition a raw fetch asks for (see ``read_raw``); the broker returns a
+#: whole first batch even when it is larger.
+RAW_FETCH_BYTES = 1024 * 1024
+#: Records a partition reader takes from one raw fetch.
+RAW_READ_LIMIT = 500
 
 
 def _connection_options(settings: Settings) -> dict[str, Any]:
@@ -331,6 +339,43 @@ class KafkaTransport(Transport):
                 found[name] = list(partitions)
         return found
 
+    async def read_raw(self, tp: TopicPartition, offset: int, limit: int) -> list[Record]:
+        """Up to ``limit`` records of ``tp`` from ``offset``, read past aiokafka's reader.
+
+        aiokafka's record reader raises for a whole batch when one record has a header
+        name that is not UTF-8 (``UnicodeDecodeError`` from ``getmany``). The consumers
+        call this when their reader fails: it fetches the partition's raw bytes from its
+        leader and reads them with ``record_batches``, which marks such records
+        ``undecodable`` instead.
+        """
+        topic, partition = tp
+        leaders = (await self._metadata([topic])).get(topic, {})
+        leader = leaders.get(partition, -1)
+        if leader < 0:
+            raise BrokerError(f"{topic}[{partition}] has no leader to read from")
+        request = FetchRequest(
+            0,  # max wait: answer with what is there
+            1,
+            RAW_FETCH_BYTES,
+            0,  # read uncommitted, as the consumers do
+            [(topic, [(partition, offset, RAW_FETCH_BYTES)])],
+        )
+        client = self._running_producer().client
+        try:
+            response = await within(client.send(leader, request), REQUEST_TIMEOUT)
+        except (KafkaError, OSError, TimeoutError) as err:
+            raise BrokerError(f"cannot read {topic}[{partition}]: {_reason(err)}") from err
+        for _topic, partitions in response.topics:
+            for number, error_code, _high, *rest in partitions:
+                if number != partition:
+                    continue
+                if error_code != 0:
+                    raise BrokerError(
+                        f"cannot read {topic}[{partition}]: {for_code(error_code).__name__}"
+                    )
+                return read_records(topic, partition, bytes(rest[-1] or b""), offset, limit)
+        return []
+
     # -- consumers -------------------------------------------------------------------
 
     def group_consumer(
@@ -436,6 +481,11 @@ class KafkaGroupConsumer(GroupConsumer):
         self.group = group
         self._listener = _RebalanceListener(on_assigned, on_revoked)
         self._consumer: Any = None
+        #: The offset after the last record handed out, per partition, since the
+        #: rebalance counted in ``_next_since``: where to read from when aiokafka's
+        #: reader fails (see ``_read_past_reader``).
+        self._next: dict[TopicPartition, int] = {}
+        self._next_since = 0
 
     async def start(self) -> None:
         if self._consumer is not None:
@@ -502,6 +552,8 @@ class KafkaGroupConsumer(GroupConsumer):
             raise BrokerError("consumer is not started") from err
         except KafkaError as err:
             raise BrokerError(f"fetch from group {self.group!r} failed: {_reason(err)}") from err
+        except Exception as err:  # aiokafka's record reader failed on a record
+            return await self._read_past_reader(consumer, err, max_records)
         # aiokafka hands out records of a new assignment as soon as it has it, while
         # on_assigned may still be running: hold them until it has finished.
         rebalances = self._listener.rebalances
@@ -511,7 +563,83 @@ class KafkaGroupConsumer(GroupConsumer):
             # Another rebalance revoked them meanwhile; their partitions restart from
             # the committed offsets, so nothing is lost by dropping them.
             return []
-        return [_record(r) for batch in batches.values() for r in batch]
+        records = [_record(r) for batch in batches.values() for r in batch]
+        self._handed_out(records)
+        return records
+
+    def _handed_out(self, records: list[Record]) -> None:
+        if self._next_since != self._listener.rebalances:
+            # A rebalance resets every position to the committed offset.
+            self._next.clear()
+            self._next_since = self._listener.rebalances
+        for record in records:
+            self._next[(record.topic, record.partition)] = record.offset + 1
+
+    async def _read_past_reader(
+        self, consumer: Any, error: Exception, max_records: int
+    ) -> list[Record]:
+        """Read the assigned partitions ourselves after aiokafka's reader failed.
+
+        The failure loses the whole ``getmany``: records of other partitions drained
+        before it have moved their positions on. So every partition not paused is read
+        again, raw, from the offset after the last record handed out (or, if none was
+        since the last rebalance, from the committed offset), and each position is set
+        after what is returned. The record aiokafka could not read comes back marked
+        ``undecodable``; the ones around it come back as they are.
+        """
+        log.warning(
+            "aiokafka could not read a fetched batch of group %r (%s: %s); reading the "
+            "partitions' records past it",
+            self.group,
+            type(error).__name__,
+            error,
+        )
+        rebalances = self._listener.rebalances
+        self._handed_out([])
+        paused = consumer.paused()
+        starts: dict[Any, int] = {}
+        records: list[Record] = []
+        try:
+            for ktp in consumer.assignment():
+                if ktp not in paused:
+                    starts[ktp] = await self._position_before(consumer, ktp)
+            for ktp, start in starts.items():
+                room = max_records - len(records)
+                if room > 0:
+                    records += await self._transport.read_raw(
+                        (ktp.topic, ktp.partition), start, room
+                    )
+        except (KafkaError, TimeoutError, BrokerError) as err:
+            self._seek(consumer, rebalances, starts)
+            raise BrokerError(f"fetch from group {self.group!r} failed: {_reason(err)}") from err
+        after = dict(starts)
+        for record in records:
+            after[KafkaTopicPartition(record.topic, record.partition)] = record.offset + 1
+        if not self._seek(consumer, rebalances, after):
+            return []
+        self._handed_out(records)
+        return records
+
+    def _seek(self, consumer: Any, rebalances: int, positions: Mapping[Any, int]) -> bool:
+        """Set the positions, unless a rebalance has reset them meanwhile (then False)."""
+        if self._listener.rebalances != rebalances or self._consumer is None:
+            return False
+        try:
+            for ktp, offset in positions.items():
+                consumer.seek(ktp, offset)
+        except IllegalStateError:  # revoked after all: its position no longer matters
+            return False
+        return True
+
+    async def _position_before(self, consumer: Any, ktp: Any) -> int:
+        known = self._next.get((ktp.topic, ktp.partition))
+        if known is not None:
+            return known
+        committed = await within(consumer.committed(ktp), REQUEST_TIMEOUT)
+        if committed is not None:
+            return int(committed)
+        beginning = await within(consumer.beginning_offsets([ktp]), REQUEST_TIMEOUT)
+        return int(beginning[ktp])
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         if not offsets:
@@ -632,6 +760,8 @@ class KafkaPartitionReader(PartitionReader):
         self.tp = (topic, partition)
         self.from_beginning = from_beginning
         self._consumer: Any = None
+        #: The offset of the next record to hand out (see ``_read_past_reader``).
+        self._next = 0
 
     async def start(self) -> None:
         if self._consumer is not None:
@@ -643,7 +773,9 @@ class KafkaPartitionReader(PartitionReader):
         consumer = AIOKafkaConsumer(**self._transport._consumer_options(), group_id=None)
         tp = KafkaTopicPartition(topic, partition)
         try:
-            await within(self._start_at(consumer, tp, self.from_beginning), REQUEST_TIMEOUT)
+            self._next = await within(
+                self._start_at(consumer, tp, self.from_beginning), REQUEST_TIMEOUT
+            )
         except (KafkaError, OSError, TimeoutError) as err:
             await consumer.stop()
             raise BrokerError(f"cannot read {topic}[{partition}]: {_reason(err)}") from err
@@ -654,7 +786,7 @@ class KafkaPartitionReader(PartitionReader):
         self._transport._clients.add(self)
 
     @staticmethod
-    async def _start_at(consumer: Any, tp: Any, from_beginning: bool) -> None:
+    async def _start_at(consumer: Any, tp: Any, from_beginning: bool) -> int:
         await consumer.start()
         consumer.assign([tp])
         if from_beginning:
@@ -663,7 +795,7 @@ class KafkaPartitionReader(PartitionReader):
             await consumer.seek_to_end(tp)
         # Resolving the position here fixes it before start returns, so nothing
         # published after start can be skipped.
-        await consumer.position(tp)
+        return int(await consumer.position(tp))
 
     async def stop(self) -> None:
         consumer, self._consumer = self._consumer, None
@@ -692,7 +824,31 @@ class KafkaPartitionReader(PartitionReader):
         except KafkaError as err:
             topic, partition = self.tp
             raise BrokerError(f"fetch from {topic}[{partition}] failed: {_reason(err)}") from err
-        return [_record(r) for batch in batches.values() for r in batch]
+        except Exception as err:  # aiokafka's record reader failed on a record
+            records = await self._read_past_reader(err)
+        else:
+            records = [_record(r) for batch in batches.values() for r in batch]
+        if records:
+            self._next = records[-1].offset + 1
+        return records
+
+    async def _read_past_reader(self, error: Exception) -> list[Record]:
+        """Read the partition raw from the next offset after aiokafka's reader failed
+        (see ``KafkaTransport.read_raw``), and go on after what was read."""
+        topic, partition = self.tp
+        log.warning(
+            "aiokafka could not read a fetched batch of %s[%d] (%s: %s); reading its "
+            "records past it",
+            topic,
+            partition,
+            type(error).__name__,
+            error,
+        )
+        records = await self._transport.read_raw(self.tp, self._next, RAW_READ_LIMIT)
+        if self._consumer is not None:
+            after = records[-1].offset + 1 if records else self._next
+            self._consumer.seek(KafkaTopicPartition(topic, partition), after)
+        return records
 
 
 async def _stop_consumer(consumer: Any) -> None:
@@ -742,13 +898,16 @@ def _acknowledgement(
     acknowledged: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def settle(result: Any) -> None:
+        # Retrieve aiokafka's outcome even when nobody waits any more (a caller that
+        # timed out): an exception never retrieved is logged by asyncio as an error.
+        error = None if result.cancelled() else result.exception()
         if acknowledged.done():  # the caller stopped waiting
             return
         if result.cancelled():
             acknowledged.set_exception(PublishError(f"publish to {topic!r} was cancelled"))
-        elif (err := result.exception()) is not None:
-            failure = PublishError(_publish_failure(err, topic, _size(value, key, headers)))
-            failure.__cause__ = err
+        elif error is not None:
+            failure = PublishError(_publish_failure(error, topic, _size(value, key, headers)))
+            failure.__cause__ = error
             acknowledged.set_exception(failure)
         else:
             acknowledged.set_result(None)

@@ -66,7 +66,7 @@ class MemoryBroker:
         topic: str,
         value: bytes | None,
         key: bytes | None,
-        headers: Sequence[tuple[str, bytes]],
+        headers: Sequence[tuple[str | bytes, bytes]],
         partition: int | None,
     ) -> Record:
         partitions = self.topics.get(topic)
@@ -88,8 +88,16 @@ class MemoryBroker:
         elif not 0 <= partition < len(partitions):
             raise PublishError(f"topic {topic!r} has no partition {partition}")
         log = partitions[partition]
+        names, undecodable = _header_names(headers)
         record = Record(
-            topic, partition, len(log), key, value, tuple(headers), time.time_ns() // 1_000_000
+            topic,
+            partition,
+            len(log),
+            key,
+            value,
+            tuple(zip(names, (v for _, v in headers), strict=True)),
+            time.time_ns() // 1_000_000,
+            undecodable,
         )
         log.append(record)
         self._notify()
@@ -364,6 +372,24 @@ class MemoryTransport(Transport):
 
     async def ping(self, timeout: float) -> bool:
         return True
+
+
+def _header_names(headers: Sequence[tuple[str | bytes, bytes]]) -> tuple[list[str], str | None]:
+    """Header names as a consumer reads them: Kafka stores any bytes as a name (a raw
+    producer can write some that are not UTF-8), and a reader hands such a record up as
+    undecodable, as the Kafka transports do."""
+    names: list[str] = []
+    problems: list[str] = []
+    for index, (name, _) in enumerate(headers):
+        if isinstance(name, str):
+            names.append(name)
+            continue
+        try:
+            names.append(name.decode("utf-8"))
+        except UnicodeDecodeError:
+            names.append(name.decode("utf-8", "backslashreplace"))
+            problems.append(f"header {index} has a name that is not UTF-8 ({name!r:.80})")
+    return names, "; ".join(problems) or None
 
 
 # -- brokers by name -----------------------------------------------------------------
