@@ -44,11 +44,14 @@ async def test_an_unknown_service_fails_at_once_suggesting_the_closest_name(
     assert client.inbox.waiting == 0
 
 
-async def test_suggestions_come_from_request_topics_too(
+async def test_suggestions_come_from_request_topics_this_client_has_used(
     client: Client, transport: MemoryTransport, settings: Settings
 ) -> None:
-    """A service whose topics exist but which never ran is still suggested."""
+    """A service whose request topic this client has already sent to is suggested even
+    if it is not in the registry (it never announced itself); the caller does not list
+    every topic of the cluster for a suggestion."""
     await transport.ensure_topics([TopicSpec(settings.request_topic("payments"), 1)])
+    await client.send("payments", "POST", "/")
     with pytest.raises(ServiceNotFound, match="did you mean 'payments'"):
         await client.send("paymnets", "POST", "/")
 

@@ -24,7 +24,7 @@ import difflib
 import logging
 import time
 
-from kourier.errors import BrokerError, ServiceNotFound, ServiceUnavailable
+from kourier.errors import ServiceNotFound, ServiceUnavailable
 from kourier.registry import Directory, ServiceInfo
 from kourier.settings import Settings
 from kourier.transports.base import Transport
@@ -32,8 +32,8 @@ from kourier.transports.base import Transport
 logger = logging.getLogger("kourier.client")
 
 REQUESTS_SUFFIX = ".requests"
-#: Seconds the topic listing behind "did you mean" may take before the error goes out
-#: with the registry's names alone.
+#: Seconds a first read of the registry behind "did you mean" may take before the error
+#: goes out without its suggestions.
 SUGGESTION_BUDGET = 0.25
 
 
@@ -95,22 +95,21 @@ class ServiceLookup:
         )
 
     async def _known_names(self) -> set[str]:
-        """Service names from the request topics that exist, and from the registry as
-        far as this client has read it (not waited for: every service that announced
-        itself created its request topic, and a first read can take half a second)."""
-        names: set[str] = set()
-        try:
-            # Listing every topic of a large cluster can take most of a second (measured:
-            # 0.9 s for 3,700 topics on aiokafka's first call); the suggestions are a
-            # courtesy and must not slow the error, so the registry's names suffice then.
-            async with asyncio.timeout(SUGGESTION_BUDGET):
-                topics = await self._transport.topic_names()
-            for topic in topics:
-                if (service := self._service_of(topic)) is not None:
-                    names.add(service)
-        except (BrokerError, TimeoutError) as exc:
-            logger.debug("no service names from the topics to suggest: %r", exc)
-        return names | self.directory.names()
+        """Service names to suggest: those in the registry (every service that ran
+        announced itself there) and those whose request topic this client has seen.
+
+        Not a listing of every topic: on a cluster of a few thousand topics that took a
+        second (and held up the client's next metadata request behind it), which is no
+        way to report a typo. The registry read is waited for at most
+        ``SUGGESTION_BUDGET``; it goes on in the background if it takes longer."""
+        reading = asyncio.ensure_future(self.directory.ready())
+        done, _ = await asyncio.wait({reading}, timeout=SUGGESTION_BUDGET)
+        if reading in done and reading.exception() is not None:
+            logger.debug("no registry names to suggest: %r", reading.exception())
+        elif reading not in done:
+            reading.add_done_callback(_retrieve)
+        seen = {name for t in self._known_topics if (name := self._service_of(t)) is not None}
+        return seen | self.directory.names()
 
     def _service_of(self, topic: str) -> str | None:
         """The service whose request topic ``topic`` is, or None."""
@@ -136,6 +135,13 @@ class ServiceLookup:
             "'kourier run', or set wait_for_instance (KOURIER_WAIT_FOR_INSTANCE) to wait "
             "for one during restarts"
         )
+
+
+def _retrieve(task: asyncio.Future[bool]) -> None:
+    """Retrieve a background registry read's outcome (its failure is logged by the
+    directory; unretrieved, asyncio would report it again at exit)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _loop_time() -> float:
