@@ -103,7 +103,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     app = load_app(args.app, factory=args.factory)
     hooks = load_hooks(_hook_specs(args))
     service = args.service or os.environ.get("KOURIER_SERVICE") or _default_service(args.app)
-    settings = settings_from(args, concurrency=args.concurrency)
+    settings = settings_from(
+        args, concurrency=args.concurrency, consumption="queue" if args.queue else None
+    )
 
     def ready(instance: object) -> None:
         logging.getLogger("kourier").info("ready: service %r", service)
@@ -189,6 +191,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     parser.add_argument("--factory", action="store_true", help="call the attribute to get the app")
     parser.add_argument("--concurrency", type=int, help="requests handled at once per instance")
+    parser.add_argument(
+        "--queue",
+        action="store_true",
+        help="take requests from a Kafka share group (queue mode: any number of instances, "
+        "no per-key order, each request acknowledged on its own; needs "
+        "KOURIER_KAFKA_CLIENT=confluent; default: KOURIER_CONSUMPTION or ordered)",
+    )
     parser.add_argument(
         "--workers",
         type=positive_int,
