@@ -19,6 +19,7 @@ from kourier.transports.memory import MemoryTransport
 from kourier.transports.memory_share import share_group
 from tests import apps
 from tests.conftest import TransportFactory, kafka_bootstrap, unique_prefix
+from tests.share_groups import configure_share_group
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -39,21 +40,7 @@ def configure_group(transport: Transport, group: str, **configs: str) -> None:
             elif name == "share_delivery_count_limit":
                 state.delivery_limit = int(value)
         return
-    from confluent_kafka.admin import (  # type: ignore[attr-defined]
-        AdminClient,
-        AlterConfigOpType,
-        ConfigEntry,
-        ConfigResource,
-        ResourceType,
-    )
-
-    entries = [
-        ConfigEntry(name.replace("_", "."), value, incremental_operation=AlterConfigOpType.SET)
-        for name, value in configs.items()
-    ]
-    resource = ConfigResource(ResourceType.GROUP, group, incremental_configs=entries)
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap()})
-    admin.incremental_alter_configs([resource])[resource].result(timeout=10)
+    configure_share_group(kafka_bootstrap(), group, **configs)
 
 
 @pytest.fixture

@@ -259,6 +259,48 @@ async def test_a_record_at_the_delivery_limit_is_dead_lettered_not_run() -> None
     assert queue.stats.delivery_counts == {3: 1}
 
 
+async def test_redelivered_records_run_one_at_a_time_after_first_deliveries() -> None:
+    """Records delivered again run alone, each settled before the next; fresh ones first."""
+    broker, transport = await _setup()
+    _publish(broker, 3)
+    crashed = transport.share_consumer([TOPIC], GROUP)
+    await crashed.start()
+    assert len(await crashed.fetch(1.0)) == 3
+    await crashed.stop()  # as a dead member's records: all three come back, counted twice
+    _publish(broker, 2)
+    running = 0
+    overlapped: list[int] = []
+    order: list[int] = []
+
+    async def handler(record: Record) -> None:
+        nonlocal running
+        running += 1
+        if record.offset < 3 and running > 1:
+            overlapped.append(record.offset)
+        order.append(record.offset)
+        await asyncio.sleep(0.01)
+        running -= 1
+
+    queue = _queue(transport, handler, DeadLetters(), members=1)
+    await queue.start()
+    await _eventually(lambda: queue.stats.accepted == 5)
+    await queue.stop()
+    assert overlapped == []
+    assert sorted(order[:2]) == [3, 4] and order[2:] == [0, 1, 2]
+
+
+def test_suspects_alternate_their_direction_with_the_delivery_count() -> None:
+    """Even counts run upwards by offset, odd counts downwards."""
+    from kourier.server.queue import suspects_in_turn
+    from kourier.transports.base import Delivery
+
+    def batch(count: int) -> list[Delivery]:
+        return [Delivery(Record(TOPIC, 0, o, None, b"", (), 0), count) for o in (7, 5, 6)]
+
+    assert [d.record.offset for d in suspects_in_turn(batch(2))] == [5, 6, 7]
+    assert [d.record.offset for d in suspects_in_turn(batch(3))] == [7, 6, 5]
+
+
 async def test_a_handler_past_its_lock_bound_is_cancelled_and_dead_lettered() -> None:
     """A handler still running near the end of its lock is stopped; it never runs twice."""
     broker, transport = await _setup()

@@ -10,6 +10,10 @@ The rules this module keeps (docs/reliability.md lists the tests behind them):
   limit) is not run: its earlier deliveries were never acknowledged, which is what a
   handler that kills its process looks like. It is dead-lettered, then rejected, so the
   crash loop ends and the record is kept;
+- a redelivered record (delivery count above 1) may be one that killed the process it
+  ran in, so it never runs beside others of its member's batch: first-time records of
+  the batch run (concurrently) and settle first, then the redelivered ones one by one,
+  each settled before the next starts, in ``suspects_in_turn`` order;
 - no handler runs past its lock bound (the lock duration less ``lock_margin``, counted
   from the fetch): the broker cannot renew a lock through this client, and a record
   whose lock ran out goes to another member while this one still runs it. Past the
@@ -34,7 +38,7 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,6 +126,8 @@ class QueueConsumer:
         self._waiting: set[asyncio.Task[None]] = set()
         self._running: set[asyncio.Task[None]] = set()
         self._handlers: set[asyncio.Task[None]] = set()
+        #: Per member, redelivered records waiting to run one at a time.
+        self._queued: dict[ShareConsumer, deque[Delivery]] = {}
         self._started_members: list[ShareConsumer] = []
         self.stats = QueueStats()
         #: Monotonic time of the last fetch that returned, for liveness checks.
@@ -157,13 +163,19 @@ class QueueConsumer:
                 f"{type(self._transport).__name__} cannot use ({exc}; aiokafka has no share "
                 "consumer): set KOURIER_KAFKA_CLIENT=confluent, or serve in 'ordered' mode"
             ) from exc
-        try:
-            for member in self._members:
-                await member.start()
-                self._started_members.append(member)
-        except BaseException:
+        # All at once: each member that joins changes the group's assignment, and a member
+        # that loses a partition gives back what it had acquired there (its delivery count
+        # already raised); joining one by one was seen to raise a record's count by two.
+        results = await asyncio.gather(
+            *(member.start() for member in self._members), return_exceptions=True
+        )
+        self._started_members = [
+            m for m, r in zip(self._members, results, strict=True) if r is None
+        ]
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        if failure is not None:
             await self._stop_members()
-            raise
+            raise failure
         self.joined = True
         self._loops = [
             asyncio.create_task(self._fetch_loop(m), name=f"kourier-queue-fetch-{i}")
@@ -183,6 +195,7 @@ class QueueConsumer:
         """Stop fetching, release what has not started, drain what runs, leave the group."""
         self._stopping.set()
         await cancel_and_wait(*self._loops)
+        await self._release_queued()
         # Records waiting for a slot see the stop at once and are released.
         settling = self._waiting | self._running
         if settling:
@@ -226,18 +239,46 @@ class QueueConsumer:
             if not deliveries:
                 continue
             until = time.monotonic() + self._bound_seconds(member)
-            batch = [
-                asyncio.create_task(self._settle(member, d, until), name="kourier-queue-record")
-                for d in deliveries
-            ]
+            self._held += len(deliveries)
+            self.stats.acquired += len(deliveries)
+            self.stats.delivery_counts.update(d.count for d in deliveries)
             # Kafka fetches again only when this whole batch is acknowledged.
-            await asyncio.wait(batch)
+            await self._run_together(member, [d for d in deliveries if d.count == 1], until)
+            again = suspects_in_turn([d for d in deliveries if d.count > 1])
+            for delivery in again:
+                logger.warning(
+                    "request %s at %s delivered for the %s time (a member before may have "
+                    "died with it): it runs alone",
+                    _request_id(delivery.record),
+                    delivery.record.where,
+                    _ordinal(delivery.count),
+                )
+            self._queued.setdefault(member, deque()).extend(again)
+            queued = self._queued[member]
+            while queued and not self._stopping.is_set():
+                await self._run_together(member, [queued.popleft()], until)
+
+    async def _run_together(
+        self, member: ShareConsumer, deliveries: list[Delivery], until: float
+    ) -> None:
+        if deliveries:
+            # Tasks of their own: a stop cancels this loop, never a record's handling.
+            await asyncio.wait(
+                [
+                    asyncio.create_task(self._settle(member, d, until), name="kourier-queue")
+                    for d in deliveries
+                ]
+            )
+
+    async def _release_queued(self) -> None:
+        """On stop: give back the redelivered records still waiting for their turn."""
+        for member, queued in self._queued.items():
+            while queued:
+                self._held -= 1
+                await self._acknowledge(member, queued.popleft(), Acknowledgement.RELEASE)
 
     async def _settle(self, member: ShareConsumer, delivery: Delivery, until: float) -> None:
         """Run one record (once a slot is free) and acknowledge it as its outcome says."""
-        self._held += 1
-        self.stats.acquired += 1
-        self.stats.delivery_counts[delivery.count] += 1
         task = asyncio.current_task()
         assert task is not None
         try:
@@ -356,9 +397,28 @@ class QueueConsumer:
             self.stats.rejected += 1
 
 
+def suspects_in_turn(deliveries: list[Delivery]) -> list[Delivery]:
+    """Redelivered records in the order to run them one by one: by offset, downwards on
+    odd delivery counts. Records acquired together with one that kills its process come
+    back together with it; one direction on one delivery and the other on the next runs
+    each of them before the killer at least once in two deliveries."""
+    if not deliveries:
+        return []
+    downwards = max(d.count for d in deliveries) % 2 == 1
+    return sorted(
+        deliveries,
+        key=lambda d: (d.record.topic, d.record.partition, d.record.offset),
+        reverse=downwards,
+    )
+
+
 def lock_margin(lock_seconds: float) -> float:
     """Time kept back from a record's lock for settling it: a fifth, at most 5 s."""
     return min(5.0, lock_seconds / 5)
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
 def _request_id(record: Record) -> str:
