@@ -360,6 +360,28 @@ async def test_stop_releases_records_not_started_and_drains_running_ones() -> No
     assert all(d.count == 2 for d in again)
 
 
+async def test_a_record_that_cannot_start_before_its_bound_is_released_untouched() -> None:
+    """A record still waiting for a slot when its lock bound comes is released, not run."""
+    broker = MemoryBroker()
+    transport = LooseBatches(broker)
+    await transport.ensure_topics([TopicSpec(TOPIC, 1)])
+    group = share_group(broker, GROUP)
+    group.lock_seconds = 0.5
+    group.delivery_limit = 2  # the released record's next delivery is its last: not run
+    started: list[int] = []
+
+    async def handler(record: Record) -> None:
+        started.append(record.offset)
+        await asyncio.sleep(10)
+
+    queue = _queue(transport, handler, DeadLetters(), concurrency=1, members=1)
+    await queue.start()
+    _publish(broker, 2)
+    await _eventually(lambda: queue.stats.released == 1 and queue.stats.rejected == 2)
+    await queue.stop()
+    assert started == [0] and queue.stats.overran == 1
+
+
 async def test_stop_past_the_drain_timeout_releases_the_running_record() -> None:
     """A handler that outlasts the drain timeout is cancelled and its record released."""
     broker, transport = await _setup()

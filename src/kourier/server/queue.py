@@ -301,8 +301,8 @@ class QueueConsumer:
         try:
             if not await self._slot_until(until):
                 logger.warning(
-                    "request %s at %s waited for a free slot until its lock bound: released "
-                    "untouched for another member",
+                    "request %s at %s could not start before its lock bound (no free slot, or "
+                    "its turn came too late): released untouched for another member",
                     _request_id(record),
                     record.where,
                 )
@@ -326,7 +326,8 @@ class QueueConsumer:
             self._slots.release()
 
     async def _slot_until(self, until: float) -> bool:
-        """Take a slot; False (and no slot) if the consumer stops or ``until`` passes first."""
+        """Take a slot; False (and no slot) if the consumer stops or ``until`` passes first
+        (a slot that frees at ``until`` itself is given back: no time is left to run)."""
         if self._stopping.is_set():
             return False
         acquire = asyncio.ensure_future(self._slots.acquire())
@@ -343,7 +344,8 @@ class QueueConsumer:
                 acquire.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await acquire
-        if acquire.done() and not acquire.cancelled() and self._stopping.is_set():
+        stopped_or_late = self._stopping.is_set() or time.monotonic() >= until
+        if acquire.done() and not acquire.cancelled() and stopped_or_late:
             self._slots.release()
             return False
         return acquire.done() and not acquire.cancelled()
