@@ -129,8 +129,8 @@ async def measure(
         mode,
         instances,
         rate,
-        percentile(latencies, 0.5) * 1000,
-        percentile(latencies, 0.99) * 1000,
+        percentile(latencies, 50) * 1000,
+        percentile(latencies, 99) * 1000,
         events_rate,
     )
 
