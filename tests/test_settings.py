@@ -47,6 +47,7 @@ def test_environment_variables_are_read_and_typed() -> None:
         ({"KOURIER_SSL_CAFILE": "/nonexistent/ca.pem"}, "ssl_cafile"),
         ({"KOURIER_CREATE_TOPICS": "perhaps"}, "create_topics"),
         ({"KOURIER_KAFKA_CLIENT": "kafka-python"}, "kafka_client"),
+        ({"KOURIER_CONSUMPTION": "shared"}, "consumption"),
     ],
 )
 def test_invalid_settings_fail_naming_the_setting(env: dict[str, str], names: str) -> None:
@@ -77,3 +78,9 @@ def test_bad_service_names_are_refused(name: str) -> None:
     """Service names are checked before they become topic names."""
     with pytest.raises(SettingsError, match="service"):
         Settings().request_topic(name)
+
+
+def test_consumption_is_ordered_unless_queue_is_asked_for() -> None:
+    """Services consume in ordered mode by default; KOURIER_CONSUMPTION=queue selects queue."""
+    assert Settings().consumption == "ordered"
+    assert Settings.from_env({"KOURIER_CONSUMPTION": "queue"}).consumption == "queue"
