@@ -7,6 +7,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kourier.errors import BrokerError
 from kourier.server.queue import QueueConsumer, note_dead_lettered
@@ -413,3 +415,43 @@ async def test_a_transport_without_share_groups_is_refused_with_the_fix() -> Non
 
     with pytest.raises(SettingsError, match="KOURIER_KAFKA_CLIENT=confluent"):
         await _queue(transport, handler, DeadLetters()).start()
+
+
+# -- the share group's bookkeeping under any sequence of settlements --------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from([Acknowledgement.ACCEPT, Acknowledgement.RELEASE, Acknowledgement.REJECT]),
+        min_size=1,
+        max_size=40,
+    ),
+    st.integers(min_value=2, max_value=5),
+)
+async def test_any_settlements_keep_each_record_settled_once(
+    outcomes: list[Acknowledgement], limit: int
+) -> None:
+    """Whatever a member answers, every record ends accepted, rejected or archived at the
+    limit exactly once, and no delivery count passes the limit."""
+    broker, transport = await _setup()
+    group = share_group(broker, GROUP)
+    group.delivery_limit = limit
+    member = transport.share_consumer([TOPIC], GROUP, max_records=3)
+    await member.start()
+    _publish(broker, 5)
+    done: dict[int, str] = {}
+    answers = iter(outcomes)
+    while len(done) + len(group.archived.get((TOPIC, 0), set())) < 5:
+        deliveries = await member.fetch(0.0)
+        assert deliveries, "records still unsettled but none handed out"
+        for delivery in deliveries:
+            assert delivery.count <= limit
+            how = next(answers, Acknowledgement.ACCEPT)
+            await member.acknowledge(delivery, how)
+            if how is not Acknowledgement.RELEASE:
+                assert delivery.record.offset not in done
+                done[delivery.record.offset] = how.value
+    archived = group.archived.get((TOPIC, 0), set())
+    assert not archived & done.keys()
+    assert archived | done.keys() == set(range(5))
