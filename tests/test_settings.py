@@ -49,6 +49,7 @@ def test_environment_variables_are_read_and_typed() -> None:
         ({"KOURIER_KAFKA_CLIENT": "kafka-python"}, "kafka_client"),
         ({"KOURIER_HEARTBEAT_INTERVAL": "0"}, "heartbeat_interval"),
         ({"KOURIER_WAIT_FOR_INSTANCE": "-1"}, "wait_for_instance"),
+        ({"KOURIER_CONSUMPTION": "shared"}, "consumption"),
     ],
 )
 def test_invalid_settings_fail_naming_the_setting(env: dict[str, str], names: str) -> None:
@@ -79,3 +80,9 @@ def test_bad_service_names_are_refused(name: str) -> None:
     """Service names are checked before they become topic names."""
     with pytest.raises(SettingsError, match="service"):
         Settings().request_topic(name)
+
+
+def test_consumption_is_ordered_unless_queue_is_asked_for() -> None:
+    """Services consume in ordered mode by default; KOURIER_CONSUMPTION=queue selects queue."""
+    assert Settings().consumption == "ordered"
+    assert Settings.from_env({"KOURIER_CONSUMPTION": "queue"}).consumption == "queue"

@@ -22,6 +22,7 @@ _SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,100}$")
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 KAFKA_CLIENTS = ("aiokafka", "confluent")
+CONSUMPTION_MODES = ("ordered", "queue")
 
 
 class Secret:
@@ -80,6 +81,11 @@ class Settings:
     root_path: str = ""
     #: ``kourier run`` logs one line per handled request on the ``kourier.access`` logger.
     access_log: bool = True
+    #: How a service takes its requests: "ordered" (a consumer group: per-key order,
+    #: instances <= partitions) or "queue" (a Kafka share group: no order, any number of
+    #: instances, each record acknowledged on its own; needs kafka_client "confluent").
+    #: docs/design.md compares the two.
+    consumption: str = "ordered"
     #: Seconds a caller waits for a reply when the call does not say.
     default_timeout: float = 5.0
     #: Largest request record value (bytes); Kafka's default limit is about 1 MB.
@@ -146,6 +152,10 @@ class Settings:
         if self.kafka_client not in KAFKA_CLIENTS:
             raise SettingsError(
                 f"kafka_client: {self.kafka_client!r} is not one of {', '.join(KAFKA_CLIENTS)}"
+            )
+        if self.consumption not in CONSUMPTION_MODES:
+            raise SettingsError(
+                f"consumption: {self.consumption!r} is not one of {', '.join(CONSUMPTION_MODES)}"
             )
         if self.topic_prefix and not _TOPIC_NAME.match(self.topic_prefix):
             raise SettingsError(

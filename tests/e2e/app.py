@@ -4,7 +4,8 @@ One-way messages are recorded in a file per process (KOURIER_E2E_DIR) so the tes
 check, across processes, that every acknowledged message was handled. The fault tests
 (tests/faults/) use ``/work/{id}`` (two-way with PUT, one-way with POST), which records
 its id in the same file before doing its work, so the files also show what was handled
-twice; and ``/fail`` records each attempt at a message that carries an id.
+twice; and ``/fail`` records each attempt at a message that carries an id. ``/crash``
+kills its own process, as a handler that runs out of memory would (queue mode's tests).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -62,8 +64,17 @@ async def fail(request: Request) -> Response:
     return JSONResponse({"detail": "always fails"}, status_code=500)
 
 
+async def crash(request: Request) -> Response:
+    """Record the id, then kill this process at once (SIGKILL): a poison message."""
+    body = await request.json()
+    _log.write(f"crash:{body['id']}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+    return Response(status_code=500)  # never reached
+
+
 app = Starlette(
     routes=[
+        Route("/crash", crash, methods=["POST"]),
         Route("/fail", fail, methods=["POST"]),
         Route("/echo", echo, methods=["POST"]),
         Route("/record", record, methods=["POST"]),

@@ -18,8 +18,16 @@ from kourier.errors import BrokerError, KourierError
 from kourier.ops.health import HealthServer
 from kourier.server.serve import Service, serve
 from kourier.settings import Settings
-from kourier.transports.base import GroupConsumer, RebalanceCallback, Record, TopicPartition
+from kourier.transports.base import (
+    Delivery,
+    GroupConsumer,
+    RebalanceCallback,
+    Record,
+    ShareConsumer,
+    TopicPartition,
+)
 from kourier.transports.memory import MemoryBroker, MemoryGroupConsumer, MemoryTransport
+from kourier.transports.memory_share import MemoryShareConsumer
 from tests.ops.apps import orders_app
 from tests.ops.conftest import probe, until, until_probe
 
@@ -112,6 +120,57 @@ async def test_serve_stops_and_raises_when_a_consume_loop_dies(
     assert any("kourier-fetch task died" in r.getMessage() for r in caplog.records)
 
 
+class BreakableShareConsumer(MemoryShareConsumer):
+    """A share-group member whose fetch raises ``Bug`` once told to."""
+
+    broken_fetch = False
+
+    async def fetch(self, timeout: float) -> list[Delivery]:
+        if self.broken_fetch:
+            raise Bug("share fetch broke")
+        return await super().fetch(timeout)
+
+
+class BreakableShareTransport(MemoryTransport):
+    """Hands out ``BreakableShareConsumer``s and keeps them."""
+
+    def __init__(self, broker: MemoryBroker) -> None:
+        super().__init__(broker)
+        self.members: list[BreakableShareConsumer] = []
+
+    def share_consumer(
+        self, topics: Sequence[str], group: str, *, max_records: int = 500
+    ) -> ShareConsumer:
+        member = BreakableShareConsumer(self.broker, topics, group, max_records)
+        self.members.append(member)
+        return member
+
+
+async def test_a_dead_queue_fetch_loop_stops_serve_like_the_ordered_one(
+    settings: Settings, broker: MemoryBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In queue mode too, a member's fetch loop dying is kept as the service's failure,
+    turns the instance's ``failed`` on, and ``serve`` stops and raises it."""
+    app, _ = orders_app()
+    transport = BreakableShareTransport(broker)
+
+    def ready(instance: Service) -> None:
+        transport.members[0].broken_fetch = True
+
+    caplog.set_level(logging.CRITICAL, "kourier.server")
+    with pytest.raises(KourierError, match="a task it needs died") as raised:
+        async with asyncio.timeout(10):
+            await serve(
+                app,
+                "orders",
+                settings.replace(consumption="queue"),
+                transport=transport,
+                ready=ready,
+            )
+    assert isinstance(raised.value.__cause__, Bug)
+    assert any("kourier-queue-fetch-0 task died" in r.getMessage() for r in caplog.records)
+
+
 async def test_a_dead_reply_inbox_fails_its_calls_and_every_new_one(
     settings: Settings, broker: MemoryBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -159,7 +218,7 @@ async def test_a_dead_confluent_consumer_thread_stops_the_service(
     try:
         consumer = service.consumer
         assert consumer is not None
-        thread = consumer._consumer._thread  # type: ignore[attr-defined]
+        thread = consumer._consumer._thread  # type: ignore[union-attr]
 
         def broken_poll(_: object) -> None:
             raise Bug("poll broke")

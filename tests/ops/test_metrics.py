@@ -163,3 +163,27 @@ async def test_without_prometheus_client_metrics_answer_501_with_a_hint(
         status, body = await probe(health.port, "/metrics")
         assert status == 501 and "pip install 'kourier[metrics]'" in body
         await until_probe(health.port, "/readyz", 200)
+
+
+async def test_queue_mode_counts_acknowledgements_and_delivery_counts(
+    settings: Settings, broker: MemoryBroker, client: Client
+) -> None:
+    """A queue-mode service exposes acquired/accepted counts and a delivery-count histogram,
+    and its readiness follows its share-group members."""
+    app, _ = orders_app()
+    queue_settings = settings.replace(consumption="queue", partitions=1)
+    service = Service(app, "orders", queue_settings, transport=MemoryTransport(broker))
+    async with service, HealthServer(service, 0, "127.0.0.1") as health:
+        await until_probe(health.port, "/readyz", 200)
+        for target in ("/orders/1", "/orders/2", "/orders/3"):
+            await client.request("orders", "GET", target)
+        await until(lambda: service.stats.replied == 3)
+        await until(lambda: service.consumer is not None and service.consumer.completed == 3)
+        status, text = await probe(health.port, "/metrics")
+    assert status == 200
+    samples = parse(text)
+    assert value(samples, "kourier_queue_acquired_total", service="orders") == 3
+    assert value(samples, "kourier_queue_accepted_total", service="orders") == 3
+    assert value(samples, "kourier_queue_rejected_total", service="orders") == 0
+    assert value(samples, "kourier_queue_delivery_count_bucket", service="orders", le="1") == 3
+    assert value(samples, "kourier_queue_delivery_count_count", service="orders") == 3

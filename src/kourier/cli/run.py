@@ -107,7 +107,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     hooks = load_hooks(_hook_specs(args))
     service = args.service or os.environ.get("KOURIER_SERVICE") or _default_service(args.app)
     settings = settings_from(
-        args, concurrency=args.concurrency, root_path=args.root_path, access_log=args.access_log
+        args,
+        concurrency=args.concurrency,
+        root_path=args.root_path,
+        access_log=args.access_log,
+        consumption="queue" if args.queue else None,
     )
     if settings.access_log:
         from kourier.ops.access_log import access_log_hooks
@@ -200,6 +204,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     parser.add_argument("--factory", action="store_true", help="call the attribute to get the app")
     parser.add_argument("--concurrency", type=int, help="requests handled at once per instance")
+    parser.add_argument(
+        "--queue",
+        action="store_true",
+        help="take requests from a Kafka share group (queue mode: any number of instances, "
+        "no per-key order, each request acknowledged on its own; needs "
+        "KOURIER_KAFKA_CLIENT=confluent; default: KOURIER_CONSUMPTION or ordered)",
+    )
     parser.add_argument(
         "--workers",
         type=positive_int,

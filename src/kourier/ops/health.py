@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from kourier.server.consumer import RequestConsumer
+    from kourier.server.queue import QueueConsumer
     from kourier.server.serve import Service
 
 logger = logging.getLogger("kourier.ops")
@@ -226,7 +227,7 @@ class HealthServer:
         return None
 
 
-def consumer_joined(consumer: RequestConsumer) -> bool:
+def consumer_joined(consumer: RequestConsumer | QueueConsumer) -> bool:
     """True once the group gave the consumer an assignment, possibly an empty one."""
     return consumer.joined
 

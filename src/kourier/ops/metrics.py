@@ -120,6 +120,7 @@ class ServiceMetrics:
         )
         self._services: list[tuple[Service, LagSampler]] = []
         r.register(_ScrapeTimeCollector(self._services))
+        r.register(_QueueCollector(self._services))
 
     def install(self, service: Service, *, lag: LagSampler | None = None) -> None:
         """Count ``service``'s requests from its hooks; read its consumer at scrape time.
@@ -238,6 +239,66 @@ class _ScrapeTimeCollector:
                 labels=["service", "why"],
             ),
         )
+
+
+#: Upper bounds of the delivery-count histogram (the broker's largest limit is 10).
+DELIVERY_COUNT_BUCKETS = (1, 2, 3, 4, 5, 10)
+
+
+class _QueueCollector:
+    """Queue mode's counts, read from a service's queue consumer when Prometheus scrapes:
+    records acquired, accepted, released, rejected, acknowledgements refused, and how
+    many arrived with each delivery count (a histogram). Nothing for ordered mode."""
+
+    def __init__(self, services: list[tuple[Service, LagSampler]]) -> None:
+        self._services = services
+
+    def describe(self) -> Iterator[Metric]:
+        counters, histogram = self._families()
+        yield from (*counters.values(), histogram)
+
+    def collect(self) -> Iterator[Metric]:
+        from kourier.server.queue import QueueConsumer
+
+        counters, histogram = self._families()
+        for service, _ in list(self._services):
+            consumer = service.consumer
+            if not isinstance(consumer, QueueConsumer):
+                continue
+            stats = consumer.stats
+            for name, family in counters.items():
+                family.add_metric([service.name], getattr(stats, name))
+            counts = dict(stats.delivery_counts)
+            buckets = [
+                (str(bound), sum(n for c, n in counts.items() if c <= bound))
+                for bound in DELIVERY_COUNT_BUCKETS
+            ]
+            buckets.append(("+Inf", sum(counts.values())))
+            total = sum(c * n for c, n in counts.items())
+            histogram.add_metric([service.name], buckets, total)
+        yield from (*counters.values(), histogram)
+
+    @staticmethod
+    def _families() -> tuple[dict[str, Any], Any]:
+        core = _prometheus().metrics_core
+        docs = {
+            "acquired": "Request records this instance acquired from its share group.",
+            "accepted": "Records acknowledged as handled (accept).",
+            "released": "Records given back to the share group for another delivery.",
+            "rejected": "Records rejected after being dead-lettered.",
+            "ack_failures": "Acknowledgements the broker refused (the record's lock ran out).",
+            "overran": "Handlers cancelled at their lock bound.",
+        }
+        counters = {
+            name: core.CounterMetricFamily(f"kourier_queue_{name}", doc, labels=["service"])
+            for name, doc in docs.items()
+        }
+        histogram = core.HistogramMetricFamily(
+            "kourier_queue_delivery_count",
+            "Deliveries of each acquired record so far (1: first time; more: redelivered).",
+            labels=["service"],
+        )
+        return counters, histogram
 
 
 class LagSampler:

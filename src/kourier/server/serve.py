@@ -44,6 +44,7 @@ from kourier.server.idempotency import (
     identity,
 )
 from kourier.server.lifespan import Lifespan
+from kourier.server.queue import QueueConsumer, note_dead_lettered
 from kourier.server.refusals import Refusals
 from kourier.settings import Settings, check_service_name, check_topic_name
 from kourier.transports import kafka_transport
@@ -115,7 +116,7 @@ class Service:
         self._lifespan = Lifespan(app)
         #: Keeps this instance in the service registry (its ``task`` is the heartbeat).
         self.announcer = Announcer(self.transport, self.settings, self.name, app)
-        self._consumer: RequestConsumer | None = None
+        self._consumer: RequestConsumer | QueueConsumer | None = None
         self._started = False
         #: True from the moment ``stop`` begins: readiness turns false while draining.
         self.draining = False
@@ -147,7 +148,7 @@ class Service:
         return self._lifespan.state
 
     @property
-    def consumer(self) -> RequestConsumer | None:
+    def consumer(self) -> RequestConsumer | QueueConsumer | None:
         return self._consumer
 
     @property
@@ -175,15 +176,7 @@ class Service:
             await self._lifespan.startup()
             await self.cancels.start()
             await self.announcer.start()
-            self._consumer = RequestConsumer(
-                self.transport,
-                [self.request_topic, *self.extra_topics],
-                s.group_for(self.name),
-                self._handle,
-                concurrency=s.concurrency,
-                commit_interval=s.commit_interval,
-                drain_timeout=s.drain_timeout,
-            )
+            self._consumer = self._consume_loop()
             await self._consumer.start()
         except BaseException:
             await self.announcer.stop()
@@ -195,6 +188,32 @@ class Service:
         self.ready.set()
         await self.hooks.emit("start", self)
         logger.info("service %r consuming %s", self.name, self.request_topic)
+
+    def _consume_loop(self) -> RequestConsumer | QueueConsumer:
+        """The consume loop ``settings.consumption`` names (docs/design.md compares them)."""
+        s = self.settings
+        topics = [self.request_topic, *self.extra_topics]
+        if s.consumption == "queue":
+            return QueueConsumer(
+                self.transport,
+                topics,
+                s.group_for(self.name),
+                self._handle,
+                lambda record, reason, attempts: self._dead_letter(
+                    record, reason, attempts=attempts
+                ),
+                concurrency=s.concurrency,
+                drain_timeout=s.drain_timeout,
+            )
+        return RequestConsumer(
+            self.transport,
+            topics,
+            s.group_for(self.name),
+            self._handle,
+            concurrency=s.concurrency,
+            commit_interval=s.commit_interval,
+            drain_timeout=s.drain_timeout,
+        )
 
     async def stop(self) -> None:
         if not self._started:
@@ -501,6 +520,7 @@ class Service:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, DEAD_LETTER_RETRY_MAX)
         self.stats.dead_letters += 1
+        note_dead_lettered()
         logger.error("dead-lettered the record at %s: %s", record.where, reason)
         await self.hooks.emit("dead_letter", DeadLetterEvent(self.name, record, reason))
 

@@ -15,6 +15,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import TypeVar
 
 from kourier.errors import BrokerError
@@ -121,6 +122,60 @@ class GroupConsumer(ABC):
     def resume(self, partitions: Collection[TopicPartition]) -> None: ...
 
 
+class Acknowledgement(Enum):
+    """What a share-group member tells the broker about a record it acquired."""
+
+    #: Handled: the record is done for the whole group.
+    ACCEPT = "accept"
+    #: Not handled here: the broker hands it out again (its delivery count goes up).
+    RELEASE = "release"
+    #: Never to be handled: the broker archives it.
+    REJECT = "reject"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A record a share-group member acquired, and how often the group has acquired it
+    (1 the first time; a release or an expired lock makes the next delivery count more)."""
+
+    record: Record
+    count: int
+
+
+class ShareConsumer(ABC):
+    """A member of a share group (Kafka's queues): records acquired and acknowledged one by one.
+
+    Any number of members share every partition; the broker hands each record to one
+    member at a time and locks it for ``lock_seconds``. A record not acknowledged in time
+    (its member died or hung) is handed out again; after ``delivery_limit`` deliveries it
+    is archived without a word to anyone, so a member that gets a record whose count is
+    the limit must settle it for good. Records come in no particular order. As in Kafka's
+    explicit mode, ``fetch`` refuses (``BrokerError``) while a record of the previous fetch
+    is not acknowledged. ``start`` makes a new group begin at the earliest record (Kafka's
+    default is the latest) and reads the group's lock duration and delivery limit.
+    """
+
+    #: Seconds a fetched record stays locked to this member; known after ``start``.
+    lock_seconds: float = 30.0
+    #: Deliveries after which the broker archives a record; known after ``start``.
+    delivery_limit: int = 5
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Release what is still acquired (send what was acknowledged first), leave the group."""
+
+    @abstractmethod
+    async def fetch(self, timeout: float) -> list[Delivery]: ...
+
+    @abstractmethod
+    async def acknowledge(self, delivery: Delivery, how: Acknowledgement) -> None:
+        """Settle one record; returns once the broker has it, ``BrokerError`` if refused
+        (its lock had expired: it was handed to another member)."""
+
+
 class PartitionReader(ABC):
     """Reads one partition without a group: from its end at ``start`` on (reply inboxes),
     or from its first record (tools such as the dead-letter commands)."""
@@ -196,6 +251,13 @@ class Transport(ABC):
     def partition_reader(
         self, topic: str, partition: int, *, from_beginning: bool = False
     ) -> PartitionReader: ...
+
+    def share_consumer(
+        self, topics: Sequence[str], group: str, *, max_records: int = 500
+    ) -> ShareConsumer:
+        """A member of share group ``group`` that takes about ``max_records`` per fetch
+        (Kafka treats it as a hint); only transports whose client has share groups."""
+        raise BrokerError(f"{type(self).__name__} has no share-group consumer")
 
     @abstractmethod
     async def describe_topics(self, names: Sequence[str]) -> dict[str, TopicInfo]:

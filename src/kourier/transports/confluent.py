@@ -79,6 +79,7 @@ from kourier.transports.base import (
     PartitionReader,
     RebalanceCallback,
     Record,
+    ShareConsumer,
     TopicInfo,
     TopicPartition,
     TopicSpec,
@@ -509,6 +510,14 @@ class ConfluentTransport(Transport):
         self, topic: str, partition: int, *, from_beginning: bool = False
     ) -> PartitionReader:
         return ConfluentPartitionReader(self, topic, partition, from_beginning)
+
+    def share_consumer(
+        self, topics: Sequence[str], group: str, *, max_records: int = 500
+    ) -> ShareConsumer:
+        # Imported here: that module builds on this one's connection settings and helpers.
+        from kourier.transports.confluent_share import ConfluentShareConsumer
+
+        return ConfluentShareConsumer(self, topics, group, max_records)
 
     def _consumer_config(self, group: str) -> dict[str, Any]:
         return {

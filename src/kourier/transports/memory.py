@@ -27,11 +27,13 @@ from kourier.transports.base import (
     PartitionReader,
     RebalanceCallback,
     Record,
+    ShareConsumer,
     TopicInfo,
     TopicPartition,
     TopicSpec,
     Transport,
 )
+from kourier.transports.memory_share import MemoryShareConsumer
 
 #: Kafka's default ``max.message.bytes`` for a topic.
 DEFAULT_MAX_RECORD_BYTES = 1_048_588
@@ -359,6 +361,11 @@ class MemoryTransport(Transport):
         self, topic: str, partition: int, *, from_beginning: bool = False
     ) -> PartitionReader:
         return MemoryPartitionReader(self.broker, topic, partition, from_beginning)
+
+    def share_consumer(
+        self, topics: Sequence[str], group: str, *, max_records: int = 500
+    ) -> ShareConsumer:
+        return MemoryShareConsumer(self.broker, topics, group, max_records)
 
     async def describe_topics(self, names: Sequence[str]) -> dict[str, TopicInfo]:
         return {
