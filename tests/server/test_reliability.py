@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 from kourier import protocol
 from kourier.errors import PublishError
 from kourier.protocol import Reply
-from kourier.server import serve as serve_module
+from kourier.server import reply_sink
 from kourier.server.idempotency import Idempotency, MemoryIdempotencyStore, Recorded
 from kourier.server.serve import H_DEAD_ATTEMPTS, H_DEAD_REASON, Service
 from kourier.transports.base import TopicSpec
@@ -262,7 +262,7 @@ async def test_a_stream_longer_than_the_record_limit_is_not_recorded(
 ) -> None:
     """A long stream is not held for the idempotency record: a repeat runs it again,
     and both callers get every item."""
-    monkeypatch.setattr(serve_module, "RECORD_MAX_BYTES", 100)
+    monkeypatch.setattr(reply_sink, "RECORD_MAX_BYTES", 100)
     runs = {"n": 0}
     app = FastAPI()
 
@@ -338,7 +338,7 @@ def test_settled_acknowledgements_are_dropped_and_failures_logged(
         done.set_result(None)
         failed.set_exception(PublishError("no ack"))
         with caplog.at_level(logging.ERROR, logger="kourier.server"):
-            assert serve_module._pending([done, failed, pending]) == [pending]
+            assert reply_sink.pending([done, failed, pending]) == [pending]
         assert "no ack" in caplog.text
     finally:
         loop.close()

@@ -27,6 +27,10 @@ from kourier.server.asgi import JSON_HEADERS, ASGIApp, Outcome, error_body, run_
 from kourier.server.cancels import CancelReader
 from kourier.server.consumer import RequestConsumer
 from kourier.server.cutoff import CANCELLED, DEADLINE, HandlerCut, RunningHandlers
+from kourier.server.dead_letters import H_DEAD_ATTEMPTS as H_DEAD_ATTEMPTS
+from kourier.server.dead_letters import H_DEAD_REASON as H_DEAD_REASON
+from kourier.server.dead_letters import H_DEAD_SOURCE as H_DEAD_SOURCE
+from kourier.server.dead_letters import publish_dead_letter
 from kourier.server.hooks import (
     DeadLetterEvent,
     ErrorEvent,
@@ -46,24 +50,12 @@ from kourier.server.idempotency import (
 from kourier.server.lifespan import Lifespan
 from kourier.server.queue import QueueConsumer, note_dead_lettered
 from kourier.server.refusals import Refusals
+from kourier.server.reply_sink import ReplySink, settle_all
 from kourier.settings import Settings, check_service_name, check_topic_name
 from kourier.transports import kafka_transport
 from kourier.transports.base import Record, TopicSpec, Transport
 
 logger = logging.getLogger("kourier.server")
-
-H_DEAD_REASON = "kourier-dead-letter-reason"
-H_DEAD_SOURCE = "kourier-dead-letter-source"
-H_DEAD_ATTEMPTS = "kourier-dead-letter-attempts"
-#: Seconds before trying a dead letter the broker did not acknowledge again; doubled
-#: each time, up to the maximum.
-DEAD_LETTER_RETRY = 0.5
-#: A reply longer than this is not kept for the idempotency record (see _ReplySink).
-RECORD_MAX_BYTES = 1024 * 1024
-#: How often a streamed reply lets the producer send what it has queued.
-STREAM_FLUSH_INTERVAL = 0.005
-_ACKS_PRUNE_AT = 1024
-DEAD_LETTER_RETRY_MAX = 5.0
 
 
 @dataclass
@@ -301,7 +293,7 @@ class Service:
         started = time.perf_counter()
         if self.hooks.has("request"):
             await self.hooks.emit("request", RequestEvent(self.name, request, record))
-        sink = _ReplySink(self, request.reply_to)
+        sink = ReplySink(self.name, self._publish_reply, request.reply_to)
         attempts = 1 if request.reply_to is not None else self.settings.retry_attempts
         for attempt in range(1, attempts + 1):
             sink.restart()
@@ -379,7 +371,7 @@ class Service:
             except KourierError as exc:
                 logger.error("could not replay the response to %s: %s", request.id, exc)
                 break
-        await _all(acks)
+        await settle_all(acks)
 
     async def _cut(self, outcome: Outcome, request: Request, record: Record) -> bool:
         """Count a run that was cut short; True if it is not the app's failure.
@@ -461,7 +453,7 @@ class Service:
             await self._error_reply(
                 request.id, request.reply_to, refusal.status, refusal.reason, acks
             )
-            await _all(acks)
+            await settle_all(acks)
         return True
 
     async def _reject(
@@ -485,7 +477,7 @@ class Service:
             and await self._refusals.can_answer(reply_to)
         ):
             await self._error_reply(request_id, reply_to, 400, f"{kind} request: {exc}", acks)
-        await _all(acks)
+        await settle_all(acks)
 
     async def _dead_letter(self, record: Record, reason: str, *, attempts: int) -> None:
         """Copy a record to the dead-letter topic with why, where from and how often.
@@ -495,124 +487,13 @@ class Service:
         the record. A stop that cannot wait cancels this; the record is then not
         committed and comes back to the next consumer.
         """
-        headers = [
-            *[(n, v) for n, v in record.headers if isinstance(n, str)],
-            (H_DEAD_REASON, reason.encode("utf-8", "replace")[:1000]),
-            (H_DEAD_SOURCE, record.where.encode("utf-8", "replace")),
-            (H_DEAD_ATTEMPTS, str(attempts).encode("ascii")),
-        ]
-        delay = DEAD_LETTER_RETRY
-        while True:
-            try:
-                await (
-                    await self.transport.publish(
-                        self.dead_letter_topic, record.value or b"", key=record.key, headers=headers
-                    )
-                )
-                break
-            except KourierError as error:
-                logger.error(
-                    "could not dead-letter the record at %s, trying again in %.1f s: %s",
-                    record.where,
-                    delay,
-                    error,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, DEAD_LETTER_RETRY_MAX)
+        await publish_dead_letter(
+            self.transport, self.dead_letter_topic, record, reason, attempts=attempts
+        )
         self.stats.dead_letters += 1
         note_dead_lettered()
         logger.error("dead-lettered the record at %s: %s", record.where, reason)
         await self.hooks.emit("dead_letter", DeadLetterEvent(self.name, record, reason))
-
-
-class _ReplySink:
-    """Where one request's reply items go: to its caller, and into the idempotency record.
-
-    The record keeps the items only while they total at most ``RECORD_MAX_BYTES``; a
-    longer reply (a long stream) is not recorded, so a repeat runs the handler again
-    rather than the service holding the stream in memory. Acknowledgements are awaited
-    at the end, and those already settled are dropped on the way, so an endless stream
-    holds a bounded list. A streamed reply waits until the broker has its first item
-    (status and headers), then gives the producer the loop every
-    ``STREAM_FLUSH_INTERVAL``: an app that writes items without awaiting anything would
-    otherwise hold them all until a batch fills.
-    """
-
-    def __init__(self, service: Service, reply_to: ReplyAddress | None) -> None:
-        self._service = service
-        self._reply_to = reply_to
-        self.acks: list[Awaitable[None]] = []
-        self._yielded_at = 0.0
-        self.items: list[Reply] = []
-        self.recordable = True
-        self._bytes = 0
-
-    def restart(self) -> None:
-        """Forget the items of a failed attempt (one-way work is retried)."""
-        self.items.clear()
-        self.recordable = True
-        self._bytes = 0
-
-    async def __call__(self, reply: Reply) -> None:
-        reply.responder = self._service.name
-        if self.recordable:
-            self._bytes += len(reply.body)
-            if self._bytes > RECORD_MAX_BYTES:
-                self.recordable = False
-                self.items.clear()
-            else:
-                self.items.append(reply)
-        if self._reply_to is None:
-            return
-        try:
-            ack = asyncio.ensure_future(await self._service._publish_reply(self._reply_to, reply))
-        except KourierError as exc:
-            # Not even queued (no broker could be asked about the reply topic, or no room
-            # in the producer): the same as a reply the broker did not acknowledge. The
-            # app's response stands and stays recorded, so a retry is answered from the
-            # store; raising here would make the app fail and end the reply with an error.
-            logger.error("reply item %d to %s was not sent: %s", reply.seq, self._reply_to, exc)
-            return
-        self.acks.append(ack)
-        if len(self.acks) >= _ACKS_PRUNE_AT:
-            self.acks = _pending(self.acks)
-        if reply.end:
-            return
-        if reply.seq == 0:
-            # The status and first item of a stream go out before the app makes more: a
-            # single yield does not get them sent (aiokafka's sender needs a few turns of
-            # the loop), and an app that writes without awaiting would hold them back
-            # until its next pause. One round trip, once per stream.
-            await asyncio.wait([ack])
-            self._yielded_at = time.monotonic()
-            return
-        now = time.monotonic()
-        if now - self._yielded_at >= STREAM_FLUSH_INTERVAL:
-            self._yielded_at = now
-            await asyncio.sleep(0)
-
-    async def settled(self) -> None:
-        await _all(self.acks)
-
-
-def _pending(acks: list[Awaitable[None]]) -> list[Awaitable[None]]:
-    """The acknowledgements still pending; failures among the settled ones are logged."""
-    pending: list[Awaitable[None]] = []
-    for ack in acks:
-        if isinstance(ack, asyncio.Future) and ack.done():
-            if not ack.cancelled() and (error := ack.exception()) is not None:
-                logger.error("a reply was not acknowledged by the broker: %s", error)
-        else:
-            pending.append(ack)
-    return pending
-
-
-async def _all(acks: list[Awaitable[None]]) -> None:
-    for ack in acks:
-        try:
-            await ack
-        except KourierError as exc:
-            logger.error("a reply was not acknowledged by the broker: %s", exc)
 
 
 def _failure(outcome: Outcome, attempts: int) -> str:
