@@ -35,7 +35,7 @@ from kourier.protocol import Reply, ReplyAddress, Request
 from kourier.server.asgi import build_scope, run_app
 from kourier.server.consumer import RequestConsumer
 from kourier.server.serve import Service
-from kourier.transports.base import GroupConsumer, Record, TopicPartition
+from kourier.transports.base import GroupConsumer, Record, TopicInfo, TopicPartition
 from kourier.transports.memory import MemoryTransport
 
 SERVICE = "bench"
@@ -65,6 +65,10 @@ class InstantAcks(MemoryTransport):
         done = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
+
+    async def describe_topics(self, names: Sequence[str]) -> dict[str, TopicInfo]:
+        # Every reply address exists: the service checks one before running the app.
+        return {name: TopicInfo(name, 1, 1) for name in names}
 
 
 def records(n: int, two_way: bool) -> list[Record]:

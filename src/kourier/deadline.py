@@ -24,9 +24,13 @@ from dataclasses import dataclass
 from kourier.errors import ReplyTimeout
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Handling:
-    """The request being handled: its id and, if it has one, the end of its time."""
+    """The request being handled: its id and, if it has one, the end of its time.
+
+    Not frozen: a streamed reply's time is moved on with each item it sends
+    (``server/cutoff.py``), and every task of the handler sees the same object.
+    """
 
     request_id: str
     #: When the service cancels the handler, in milliseconds since the Unix epoch: the

@@ -115,16 +115,37 @@ async def test_a_two_way_handler_is_cancelled_at_its_deadline_and_its_slot_freed
     assert len(setup.service.running) == 0
 
 
-async def test_a_stream_cut_at_its_deadline_ends_with_the_error_end_marker(setup: Setup) -> None:
-    """A stream still producing at its deadline stops, and its last item is an end
-    marker with an error id, so a caller sees a broken stream, not a short one."""
-    request, reader = await setup.raw("/stream/s?ms=20", deadline_in=0.3)
+async def test_a_stream_that_stalls_past_its_window_ends_with_the_error_end_marker(
+    setup: Setup,
+) -> None:
+    """A stream that started, then sends nothing for longer than its request had at the
+    start (a little more), is cut, and its last item is an end marker with an error id,
+    so a caller sees a broken stream, not a short one."""
+    request, reader = await setup.raw("/stream/s?ms=700", deadline_in=0.3)
     items = await replies_to(reader, request.id)
-    assert items[0].status == 200 and len(items) > 2
+    assert items[0].status == 200 and len(items) == 2
     assert items[-1].end and items[-1].error_id is not None
     # The app's generator sees the cancellation as its task unwinds, which may finish
     # just after the end marker went out.
     await eventually(lambda: "cancelled s" in EVENTS)
+
+
+async def test_a_stream_that_keeps_producing_outlives_its_first_deadline(
+    setup: Setup,
+) -> None:
+    """A stream's deadline bounds the wait for its start and each wait between items
+    (as an HTTP read timeout does), not its length: one that keeps producing runs on
+    past the first deadline while its caller reads, and stops when the caller leaves."""
+    async with setup.client.stream(SERVICE, "GET", "/stream/p?ms=20", timeout=0.3) as reply:
+        started = asyncio.get_running_loop().time()
+        count = 0
+        async for _ in reply:
+            count += 1
+            if asyncio.get_running_loop().time() - started > 1.0:
+                break
+    assert count > 20
+    assert "cancelled p" not in EVENTS[: EVENTS.index(f"item p {count - 1}")]
+    await eventually(lambda: "cancelled p" in EVENTS)  # the caller left: its cancel
 
 
 async def test_cancelling_the_waiting_task_cancels_the_handler(setup: Setup) -> None:

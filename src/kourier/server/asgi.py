@@ -184,6 +184,8 @@ async def run_app(
             elif body:
                 # An empty chunk with more to come carries nothing worth a record.
                 await emit(body, end=False)
+                if cutoff is not None:
+                    cutoff.item_sent()
         elif kind == "http.response.start":
             if start is not None:
                 raise RuntimeError("http.response.start sent twice")

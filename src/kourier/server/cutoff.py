@@ -31,6 +31,11 @@ DEADLINE = "deadline"
 TIME_LIMIT = "time limit"
 CANCELLED = "cancelled"
 
+#: A streamed reply may stall this much longer than its request's time at the start,
+#: plus the grace, before the service cuts it: its caller's per-item timeout fires first.
+STREAM_WINDOW_FACTOR = 1.1
+STREAM_GRACE = 0.1
+
 #: How long, and for how many ids, a cancel that came before its request is remembered.
 CANCEL_MEMORY_SECONDS = 300.0
 CANCEL_MEMORY_IDS = 10_000
@@ -65,9 +70,11 @@ class Cutoff:
 
     __slots__ = (
         "_deadline_ms",
+        "_handling",
         "_runs",
         "_started",
         "_timeout",
+        "_window",
         "limit",
         "reason",
         "request_id",
@@ -94,6 +101,9 @@ class Cutoff:
         self._runs = runs
         self._timeout: asyncio.Timeout | None = None
         self._started = 0.0
+        self._handling: deadline.Handling | None = None
+        #: A streamed reply's allowance between two items (see ``item_sent``).
+        self._window: float | None = None
 
     def cut(self, reason: str = CANCELLED) -> None:
         """End the run now (it may not have started yet: then it never starts)."""
@@ -111,7 +121,10 @@ class Cutoff:
             raise HandlerCut(self.request_id, self.reason, 0.0)
         if self._runs is not None:
             self._runs.add(self)
-        token = deadline.bind(deadline.Handling(self.request_id, self._deadline_ms))
+        if self.when is not None and self.reason == DEADLINE:
+            self._window = (self.when - self._started) * STREAM_WINDOW_FACTOR + STREAM_GRACE
+        handling = self._handling = deadline.Handling(self.request_id, self._deadline_ms)
+        token = deadline.bind(handling)
         timeout = self._timeout = asyncio.timeout_at(self.when)
         try:
             async with timeout:
@@ -127,6 +140,24 @@ class Cutoff:
             self._timeout = None
             if self._runs is not None:
                 self._runs.discard(self)
+
+    def item_sent(self) -> None:
+        """A two-way reply is streaming and one more item went out: the run's end moves
+        to one window from now. So a stream lives as long as it keeps producing and its
+        caller keeps reading (a caller that stops reading, or times out waiting for an
+        item, sends a cancel), as an HTTP stream under a read timeout does; one that
+        stalls for longer than its caller would wait for an item is cut, with the error
+        end marker. The window is the time the request had at the start, a little more,
+        so the caller's own per-item timeout fires first and the cut is the backstop."""
+        if self._window is None or self.reason != DEADLINE or self._timeout is None:
+            return
+        if self._timeout.expired():
+            return
+        loop = asyncio.get_running_loop()
+        self.when = loop.time() + self._window
+        self._timeout.reschedule(self.when)
+        if self._handling is not None:
+            self._handling.deadline_ms = now_ms() + int(self._window * 1000)
 
     def _cut(self) -> HandlerCut:
         took = asyncio.get_running_loop().time() - self._started
