@@ -3,10 +3,42 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+logger = logging.getLogger("kourier.server")
+
+
+class DeathWatch:
+    """The first error one of a consumer's background loops died of.
+
+    A loop that ends before ``stopping`` is set is dead, whatever it returned: its
+    error goes into ``failure``, is logged, and ``failed`` is set at once, so health
+    turns red and ``serve`` stops the process instead of keeping a zombie.
+    """
+
+    def __init__(self, stopping: asyncio.Event) -> None:
+        self.failure: BaseException | None = None
+        self.failed = asyncio.Event()
+        self._stopping = stopping
+
+    def watch(self, *tasks: asyncio.Task[Any]) -> None:
+        for task in tasks:
+            task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or self._stopping.is_set():
+            return
+        error = task.exception() or RuntimeError(f"{task.get_name()} returned")
+        if self.failure is None:
+            self.failure = error
+        logger.critical(
+            "the %s task died: this instance stops consuming", task.get_name(), exc_info=error
+        )
+        self.failed.set()
 
 
 async def within(awaitable: Awaitable[T], timeout: float) -> T:

@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
-from kourier._aio import cancel_and_wait
+from kourier._aio import DeathWatch, cancel_and_wait
 from kourier.errors import BrokerError
 from kourier.transports.base import GroupConsumer, Record, TopicPartition, Transport
 
@@ -116,8 +116,17 @@ class RequestConsumer:
         self.fetched = 0
         self.completed = 0
         #: The error the fetch or commit loop died of; ``failed`` is set when it is.
-        self.failure: BaseException | None = None
-        self.failed = asyncio.Event()
+        self._watch = DeathWatch(self._stopping)
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The error a loop of this consumer died of, or None."""
+        return self._watch.failure
+
+    @property
+    def failed(self) -> asyncio.Event:
+        """Set at once when a loop of this consumer dies."""
+        return self._watch.failed
 
     @property
     def in_flight(self) -> int:
@@ -140,19 +149,7 @@ class RequestConsumer:
         self._loop_task = asyncio.create_task(self._fetch_loop(), name="kourier-fetch")
         self._commit_task = asyncio.create_task(self._commit_loop(), name="kourier-commit")
         for task in (self._loop_task, self._commit_task):
-            task.add_done_callback(self._task_ended)
-
-    def _task_ended(self, task: asyncio.Task[None]) -> None:
-        """A loop that ends before ``stop`` is dead: record why, so nothing waits on it."""
-        if task.cancelled() or self._stopping.is_set():
-            return
-        error = task.exception() or RuntimeError(f"{task.get_name()} returned")
-        if self.failure is None:
-            self.failure = error
-        logger.critical(
-            "the %s task died: this instance stops consuming", task.get_name(), exc_info=error
-        )
-        self.failed.set()
+            self._watch.watch(task)
 
     async def stop(self) -> None:
         """Stop fetching, let running handlers finish (bounded), commit, leave the group."""

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kourier import protocol
-from kourier._aio import cancel_and_wait
+from kourier._aio import DeathWatch, cancel_and_wait
 from kourier.errors import BrokerError, SettingsError
 from kourier.transports.base import (
     Acknowledgement,
@@ -142,8 +142,17 @@ class QueueConsumer:
         self.assigned: set[TopicPartition] = set()
         #: The error a member's fetch loop died of; ``failed`` is set when it is (health
         #: turns red, ``serve`` stops the process), as in the ordered loop.
-        self.failure: BaseException | None = None
-        self.failed = asyncio.Event()
+        self._watch = DeathWatch(self._stopping)
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The error a loop of this consumer died of, or None."""
+        return self._watch.failure
+
+    @property
+    def failed(self) -> asyncio.Event:
+        """Set at once when a loop of this consumer dies."""
+        return self._watch.failed
 
     @property
     def in_flight(self) -> int:
@@ -186,7 +195,7 @@ class QueueConsumer:
             for i, m in enumerate(self._members)
         ]
         for task in self._loops:
-            task.add_done_callback(self._task_ended)
+            self._watch.watch(task)
         first = self._members[0]
         logger.info(
             "queue mode: %d share-group members, lock %.1f s (handlers bounded to %.1f s), "
@@ -196,19 +205,6 @@ class QueueConsumer:
             self._bound_seconds(first),
             first.delivery_limit,
         )
-
-    def _task_ended(self, task: asyncio.Task[None]) -> None:
-        """A fetch loop that ends before ``stop`` is dead: record why, so nothing waits
-        on a member that no longer fetches."""
-        if task.cancelled() or self._stopping.is_set():
-            return
-        error = task.exception() or RuntimeError(f"{task.get_name()} returned")
-        if self.failure is None:
-            self.failure = error
-        logger.critical(
-            "the %s task died: this instance stops consuming", task.get_name(), exc_info=error
-        )
-        self.failed.set()
 
     async def stop(self) -> None:
         """Stop fetching, release what has not started, drain what runs, leave the group."""
