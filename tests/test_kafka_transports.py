@@ -507,6 +507,29 @@ async def test_partition_reader_from_beginning_reads_everything(
 
 
 @kafka_broker
+async def test_partition_reader_from_beginning_hands_over_waiting_records_at_once(
+    transport: KafkaTransports,
+) -> None:
+    """A reader from the beginning returns the records already there on its first fetch,
+    without a wait of its own (a caller's first registry lookup reads this way): the best of
+    three readers, so a moment of machine load does not decide it."""
+    topic = await new_topic(transport)
+    await publish_all(transport, topic, [b"one", b"two"])
+    waits = []
+    for _ in range(3):
+        reader = transport.partition_reader(topic, 0, from_beginning=True)
+        await reader.start()
+        try:
+            started = time.monotonic()
+            records = await read_n(reader, 2)
+            waits.append(time.monotonic() - started)
+        finally:
+            await reader.stop()
+        assert [r.value for r in records] == [b"one", b"two"]
+    assert min(waits) < 0.3, f"first fetches took {waits}: the reader waits before fetching"
+
+
+@kafka_broker
 async def test_partition_reader_of_missing_partition_fails(transport: KafkaTransports) -> None:
     """A reader of a partition that does not exist fails to start with BrokerError."""
     topic = await new_topic(transport)

@@ -58,7 +58,6 @@ from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     Consumer,
     KafkaError,
     KafkaException,
@@ -1305,7 +1304,12 @@ def _positions(
 
 
 def _end_offset(consumer: Consumer, partition: KafkaTopicPartition) -> int:
-    """The partition's end offset, asked of its leader (in the consumer thread).
+    """The partition's end offset, asked of its leader (in the consumer thread)."""
+    return _watermarks(consumer, partition)[1]
+
+
+def _watermarks(consumer: Consumer, partition: KafkaTopicPartition) -> tuple[int, int]:
+    """The partition's first and end offsets, asked of its leader (in the consumer thread).
 
     Retries what a new topic answers until its leader is known everywhere (not leader,
     leader not available), within REQUEST_TIMEOUT.
@@ -1313,10 +1317,10 @@ def _end_offset(consumer: Consumer, partition: KafkaTopicPartition) -> int:
     deadline = time.monotonic() + REQUEST_TIMEOUT
     while True:
         try:
-            _, end = consumer.get_watermark_offsets(
+            first, end = consumer.get_watermark_offsets(
                 partition, timeout=max(0.1, deadline - time.monotonic())
             )
-            return end
+            return first, end
         except KafkaException as err:
             error = _kafka_error(err)
             retriable = error is not None and (error.retriable() or error.code() in _NO_LEADER)
@@ -1371,12 +1375,13 @@ class ConfluentPartitionReader(PartitionReader):
 
     def _assign_at_start(self, consumer: Consumer) -> None:
         topic, partition = self.tp
-        if self.from_beginning:
-            offset = OFFSET_BEGINNING
-        else:
-            # An explicit offset, not OFFSET_END: librdkafka would resolve that at the
-            # first fetch, and skip a record published between start and then.
-            offset = _end_offset(consumer, KafkaTopicPartition(topic, partition))
+        # Explicit offsets, never OFFSET_BEGINNING or OFFSET_END: librdkafka resolves
+        # those at the first fetch, OFFSET_END would skip a record published between
+        # start and then, and OFFSET_BEGINNING held the first fetch about 500 ms (a
+        # caller's first registry lookup waited for it). Should retention move the start
+        # past ``first`` meanwhile, auto.offset.reset (earliest) takes the new start.
+        first, end = _watermarks(consumer, KafkaTopicPartition(topic, partition))
+        offset = first if self.from_beginning else end
         consumer.assign([KafkaTopicPartition(topic, partition, offset)])
 
     async def stop(self) -> None:
