@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Sequence
 
 import httpx
 import pytest
@@ -26,8 +27,12 @@ from bench.common import (
     stream_item,
 )
 from bench.run import DEFAULT_TARGETS, TARGETS, Config, Results, run_all
-from bench.sending import SENDERS
+from bench.sending import SENDERS, kourier_record
+from bench.targets.kourier import SERVICE
 
+from kourier import Client, Settings
+from kourier.transports.base import TopicSpec
+from kourier.transports.memory import MemoryTransport
 from tests.conftest import kafka_bootstrap
 
 
@@ -193,6 +198,36 @@ def test_issue_14_targets_are_judged_on_ratios_from_the_same_run() -> None:
     assert "| sequential p50 | kourier | 3.00 | raw_aiokafka_app | 1.00 | 3.00x | <= 1x |" in text
     assert "| send:kourier | 20,000 | 30.0 |" in text
     assert "missed: sequential p50 3.00x, " in text
+
+
+async def test_the_raw_sender_sends_the_very_record_kourier_enqueues() -> None:
+    """bench.sending's raw producer gets kourier's value and headers for the same message
+    (all but the request id), so the sending ratio is kourier's client cost alone."""
+    settings = Settings(partitions=1)
+    transport = MemoryTransport()
+    topic = settings.request_topic(SERVICE)
+    await transport.ensure_topics([TopicSpec(topic, 1)])
+    async with Client(settings, transport=transport) as client:
+        await client.enqueue(SERVICE, "POST", "/events", content=b"x" * 200)
+        await client.flush()
+    (record,) = transport.broker.topics[topic][0]
+    value, headers = kourier_record(200)
+
+    def without_id(pairs: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+        return [(name, v) for name, v in pairs if name != "kourier-id"]
+
+    assert record.value == value
+    assert without_id(record.headers) == without_id(headers)
+    assert len(headers) == len(record.headers)
+
+
+@pytest.mark.parametrize("size", [200, 11])
+def test_faststreams_event_is_the_benchs_size_in_json(size: int) -> None:
+    """The pydantic event FastStream's caller publishes is ``size`` bytes of JSON (what
+    FastStream puts in the record for a model)."""
+    from bench.baselines.faststream_rpc import event_of_size
+
+    assert len(event_of_size(size).model_dump_json()) == size
 
 
 def test_a_target_without_its_baseline_is_not_measured_nor_met() -> None:
