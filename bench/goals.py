@@ -186,7 +186,9 @@ def summary(verdicts: Sequence[Verdict]) -> str:
     if len(measured) < len(verdicts):
         text += f" ({len(verdicts) - len(measured)} not measured in this run)"
     if missed:
-        text += "; missed: " + ", ".join(f"{v.goal.what} {_times(v.ratio)}" for v in missed)
+        text += "; missed: " + ", ".join(
+            f"{v.goal.what} ({v.goal.mine} ÷ {v.goal.theirs}) {_times(v.ratio)}" for v in missed
+        )
     return text + "."
 
 
