@@ -1,4 +1,4 @@
-"""The "fast as the raw client" suite: kourier against hand-written baselines, six scenarios.
+"""The "fast as the raw client" suite: kourier against hand-written baselines, seven scenarios.
 
     python -m bench.run --bootstrap 127.0.0.1:9092 [--quick] [--save]
 
@@ -14,7 +14,10 @@ process of its own, the caller in this one) and runs, in order:
    load; then, in a session of its own whose service takes 1,000 requests at once, the
    growth while 1,000 slow requests (``GET /sleep``) are in flight;
 6. start-up (after the repetitions): launch to ready, 5 launches per service, on topics
-   that exist; kourier also to its ``/readyz`` answering 200.
+   that exist; kourier also to its ``/readyz`` answering 200;
+7. sending (each repetition, when kourier is a target): the caller's one-way sending
+   rate, ``enqueue`` + ``flush`` against a raw aiokafka producer and FastStream's
+   publisher (``bench/sending.py``), no service.
 
 The order of the targets rotates between repetitions so background load hits all alike;
 the report has the median of the repetitions. Every scenario is bounded (90 s), and the
@@ -41,7 +44,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
-from bench import app_cost
+from bench import app_cost, sending
 from bench.common import (
     REPO_ROOT,
     Bench,
@@ -84,6 +87,8 @@ class Target:
     in_flight: bool = False
     #: Has a service of its own to time at start-up (kourier_httpx shares kourier's).
     startup: bool = True
+    #: Has a streamed reply (FastStream has none: a handler returns one reply).
+    stream: bool = True
 
 
 TARGETS: dict[str, Target] = {
@@ -123,6 +128,14 @@ TARGETS: dict[str, Target] = {
         startup=False,
     ),
     "raw_confluent_inflight1": Target("bench.baselines.raw_confluent", {"max_in_flight": 1}),
+    # The peers a user would pick instead (issue #14): FastStream's Kafka broker with
+    # DIY request/reply, and HTTP with a fast client (aiohttp) beside httpx's `http`.
+    "faststream": Target("bench.baselines.faststream_rpc", kind="peer", stream=False),
+    # aiohttp posts faster than httpx, but 64 POSTs at a time are still a few thousand a
+    # second: 20,000 fit the bound.
+    "http_aiohttp": Target(
+        "bench.baselines.http_aiohttp", kind="http", in_flight=True, one_way_max=20_000
+    ),
 }
 DEFAULT_TARGETS = [
     "kourier",
@@ -132,6 +145,8 @@ DEFAULT_TARGETS = [
     "raw_confluent",
     "raw_aiokafka_app",
     "http",
+    "http_aiohttp",
+    "faststream",
 ]
 
 
@@ -157,6 +172,8 @@ class Config:
     budget_s: float = 1500.0
     #: The Kafka client under kourier, for targets that do not fix one (None: env/default).
     kafka_client: str | None = None
+    #: Messages per sender in the sending scenario (``bench.sending``), per repetition.
+    send_n: int = 50_000
 
     @classmethod
     def quick(cls, bootstrap: str, **changes: Any) -> Config:
@@ -175,6 +192,7 @@ class Config:
             slow_ms=800,
             startups=2,
             app_calls=500,
+            send_n=2000,
             budget_s=300.0,
         )
         return dataclasses.replace(tiny, **changes)
@@ -238,6 +256,7 @@ async def run_round(config: Config, rep: int, target: str) -> Round:
             values["conc_rps"] = load.rate
             values["conc_p99_ms"] = percentile(load.latencies, 99) * 1e3
             values["conc_cpu_us"], values["conc_service_cpu_us"] = cpu.per(load.completed)
+            values["conc_caller_cpu_us"] = values["conc_cpu_us"] - values["conc_service_cpu_us"]
 
         if spec.one_way:
             n = min(config.one_way_n, spec.one_way_max or config.one_way_n)
@@ -253,7 +272,7 @@ async def run_round(config: Config, rep: int, target: str) -> Round:
             await bench.stream(STREAM_WARMUP_ITEMS)
             return await bench.stream(config.stream_n)
 
-        timing = await _scenario("stream", round_, streamed)
+        timing = await _scenario("stream", round_, streamed) if spec.stream else None
         if timing:
             values["stream_ips"] = timing.items / timing.total_s
             values["stream_first_ms"] = timing.first_item_s * 1e3
@@ -325,6 +344,39 @@ async def _peak_rss(config: Config, bench: Bench, pid: int) -> tuple[int, float]
     return peak, time.monotonic() - started
 
 
+# -- scenario 7: the caller's sending rate ------------------------------------------------
+
+
+def senders(config: Config) -> list[str]:
+    """kourier's ``enqueue`` and the raw producer always; FastStream's publisher when the
+    run has the FastStream target."""
+    return [s for s in sending.SENDERS if s != "faststream" or "faststream" in config.targets]
+
+
+async def run_sending(config: Config, rep: int, deadline: float) -> list[Round]:
+    """Each sender once (``bench.sending``), the order rotating; one Round each."""
+    names = senders(config)
+    shift = rep % len(names)
+    rounds = []
+    for sender in [*names[shift:], *names[:shift]]:
+        round_ = Round(rep, f"send:{sender}")
+        if deadline - time.monotonic() < ROUND_MIN_S:
+            round_.errors.append("skipped: out of time budget")
+        else:
+            measure = functools.partial(
+                sending.measure,
+                sender,
+                config.bootstrap,
+                config.send_n,
+                config.size,
+                config.kafka_client,
+            )
+            values = await _scenario("sending", round_, measure)
+            round_.values.update(values or {})
+        rounds.append(round_)
+    return rounds
+
+
 # -- scenario 6: start-up ---------------------------------------------------------------------
 
 
@@ -378,9 +430,11 @@ class Results:
     startups: list[Round] = field(default_factory=list)
     #: CPU microseconds per call of bench.app alone, by call (``bench.app_cost``).
     app_us: dict[str, float] = field(default_factory=dict)
+    #: The sending scenario: one Round per sender and repetition, target ``send:<sender>``.
+    sending: list[Round] = field(default_factory=list)
 
     def all(self) -> list[Round]:
-        return [*self.rounds, *self.in_flight, *self.startups]
+        return [*self.rounds, *self.in_flight, *self.startups, *self.sending]
 
 
 async def run_all(config: Config) -> Results:
@@ -397,6 +451,8 @@ async def run_all(config: Config) -> Results:
         turn = shift % len(in_flight) if in_flight else 0
         for target in [*in_flight[turn:], *in_flight[:turn]]:
             results.in_flight.append(await _bounded(deadline, rep, target, run_in_flight, config))
+        if "kourier" in targets:
+            results.sending += await run_sending(config, rep, deadline)
     starting = [t for t in targets if TARGETS[t].startup]
     left = deadline - time.monotonic()
     if left < ROUND_MIN_S:
