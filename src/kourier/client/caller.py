@@ -27,7 +27,7 @@ from typing import Any, Literal
 import httpx
 
 from kourier import deadline, protocol
-from kourier.client.calls import Call, ObservedCall
+from kourier.client.calls import Call, observe
 from kourier.client.cancel import CancelSender
 from kourier.client.hooks import CallerHooks, Hook
 from kourier.client.lookup import ServiceLookup
@@ -65,6 +65,11 @@ _METHOD = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}$")
 #: A target httpx would leave as it is: unreserved, sub-delims, ":@/?" and %XX only.
 _SAFE_TARGET = re.compile(r"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*")
 _TARGET_BASE = "http://kourier"
+#: Methods already found valid (a set lookup instead of the pattern on every call).
+_checked_methods: set[str] = set()
+_METHODS_KEPT = 64
+#: Request topics a client remembers by service name (a bound against unbounded names).
+_TOPICS_KEPT = 1024
 
 
 class Delivery:
@@ -141,6 +146,8 @@ class Client:
         self.cancels = CancelSender(self.transport, self.settings)
         if metrics is not None:
             self.inbox.on_dropped = metrics.reply_dropped
+        #: Request topics by service name, each name checked once (``_request_topic``).
+        self._topics: dict[str, str] = {}
         self._deliveries: set[asyncio.Future[None]] = set()
         self._delivery_failures: list[BaseException] = []
         self._started = False
@@ -209,7 +216,7 @@ class Client:
         """
         seconds = self._timeout(timeout)
         deadline = _loop_time() + seconds
-        topic = self.settings.request_topic(service)
+        topic = self._topics.get(service) or self._request_topic(service)
         with self._call(service, method, path, topic) as call:
             request = await self._request(
                 method,
@@ -264,7 +271,7 @@ class Client:
         the service skips it; without, it waits as long as it takes. One message at a
         time: to send many, ``enqueue`` them and await their deliveries.
         """
-        topic = self.settings.request_topic(service)
+        topic = self._topics.get(service) or self._request_topic(service)
         with self._call(service, method, path, topic, one_way=True) as call:
             delivery = await self._enqueue(
                 call, topic, method, path, headers, content, json, params, key, timeout, request_id
@@ -295,7 +302,7 @@ class Client:
         raises ``PublishError``; ``flush`` waits for all of them and raises if any
         failed, so no failure goes unseen when the deliveries are not awaited one by one.
         """
-        topic = self.settings.request_topic(service)
+        topic = self._topics.get(service) or self._request_topic(service)
         with self._call(service, method, path, topic, one_way=True) as call:
             return await self._enqueue(
                 call, topic, method, path, headers, content, json, params, key, timeout, request_id
@@ -340,9 +347,49 @@ class Client:
         client's default) happen only while entering: once item 0 is in, the stream is
         the caller's and is never repeated.
         """
+        reply = await self._open_stream(
+            service,
+            method,
+            path,
+            headers=headers,
+            content=content,
+            json=json,
+            params=params,
+            timeout=timeout,
+            key=key,
+            request_id=request_id,
+            retry=retry,
+            scheme=scheme,
+        )
+        try:
+            with self.cancels.guard(service, reply.request_id, unfinished=reply.unfinished):
+                await self.hooks.emit("response", reply)
+                yield reply
+        finally:
+            await reply.aclose()
+
+    async def _open_stream(
+        self,
+        service: str,
+        method: str,
+        path: str,
+        *,
+        headers: Headers | None,
+        content: bytes | str | None,
+        json: Any,
+        params: Params | None,
+        timeout: float | None,
+        key: Key | None,
+        request_id: str | None,
+        retry: RetryOption,
+        scheme: str,
+    ) -> ReplyStream:
+        """``stream`` up to item 0: the stream, whose waiter its reader must close
+        (``ReplyStream.aclose``) and whose unfinished end must send a cancel
+        (``cancels.guard``); ``KourierTransport`` opens its calls here too."""
         seconds = self._timeout(timeout)
         deadline = _loop_time() + seconds
-        topic = self.settings.request_topic(service)
+        topic = self._topics.get(service) or self._request_topic(service)
         # The call's span ends when item 0 arrives: a span left open across the yield
         # would stay current in the caller's code for as long as it reads the stream.
         with self._call(service, method, path, topic) as call:
@@ -373,14 +420,7 @@ class Client:
                 waiter.close()
                 raise
             call.status(first.status or 0)
-        with waiter:
-            reply = ReplyStream(waiter, first, seconds, call=(service, method, path))
-            try:
-                with self.cancels.guard(service, request.id, unfinished=reply.unfinished):
-                    await self.hooks.emit("response", reply)
-                    yield reply
-            finally:
-                await reply.aclose()
+        return ReplyStream(waiter, first, seconds, call=(service, method, path))
 
     async def gather(
         self,
@@ -452,10 +492,18 @@ class Client:
 
     # -- parts -------------------------------------------------------------------------
 
+    def _request_topic(self, service: str) -> str:
+        """The service's request topic, its name checked and the answer kept for the next call."""
+        topic = self.settings.request_topic(service)
+        if len(self._topics) >= _TOPICS_KEPT:
+            self._topics.clear()
+        self._topics[service] = topic
+        return topic
+
     def _call(
         self, service: str, method: str, path: str, topic: str, *, one_way: bool = False
     ) -> AbstractContextManager[Call]:
-        return ObservedCall(self.metrics, service, method, path, topic, one_way=one_way)
+        return observe(self.metrics, service, method, path, topic, one_way=one_way)
 
     def _timeout(self, timeout: float | None, *, inherit: bool = True) -> float:
         """The call's timeout; inside a handler, at most its time left (``inherit``)."""
@@ -501,19 +549,24 @@ class Client:
         if request.parent_id is not None and logger.isEnabledFor(logging.DEBUG):
             # A line in the parent's context (its id) naming the nested call's id.
             logger.debug("nested call %s %s as request %s", method, path, request.id)
-        if self.hooks.has("request"):
+        hooked = self.hooks.has("request")
+        if hooked:
             await self.hooks.emit("request", request)
-        self._validate(request)
+        # An id this client drew is valid by construction, unless a hook replaced it.
+        self._validate(request, check_id=hooked or request_id is not None)
         self.stats.requests += 1
         return request
 
-    def _validate(self, request: Request) -> None:
+    def _validate(self, request: Request, *, check_id: bool = True) -> None:
         """Check what the wire format and the broker demand (after the hooks had their say)."""
-        if not _METHOD.match(request.method):
-            raise ValueError(f"{request.method[:40]!r} is not an HTTP method")
+        if request.method not in _checked_methods:
+            if not _METHOD.match(request.method):
+                raise ValueError(f"{request.method[:40]!r} is not an HTTP method")
+            if len(_checked_methods) < _METHODS_KEPT:
+                _checked_methods.add(request.method)
         if request.scheme not in protocol.SCHEMES:
             raise ValueError(f"scheme {request.scheme[:20]!r}: use http or https")
-        if not protocol.is_valid_request_id(request.id):
+        if check_id and not protocol.is_valid_request_id(request.id):
             raise ValueError(f"request id {request.id[:40]!r}: use 1-128 of A-Z a-z 0-9 . _ : -")
         if request.key is not None and not isinstance(request.key, bytes):
             raise TypeError(f"key must be bytes, not {type(request.key).__name__}")
@@ -767,6 +820,18 @@ def _user_headers(headers: Headers | None, *, json_body: bool) -> list[tuple[byt
             if json_body and not any(name.lower() == b"content-type" for name, _ in pairs):
                 pairs.append(_JSON_CONTENT_TYPE)
             return pairs
+    elif headers.__class__ is list and not json_body:
+        # Raw pairs (``KourierTransport`` passes httpx's ``headers.raw``): httpx would
+        # keep bytes as they are, so the list is the answer once every item is bytes.
+        pairs = headers
+        if all(
+            pair.__class__ is tuple
+            and len(pair) == 2
+            and pair[0].__class__ is bytes
+            and pair[1].__class__ is bytes
+            for pair in pairs
+        ):
+            return list(pairs)
     parsed = httpx.Headers(headers)
     if json_body and "content-type" not in parsed:
         parsed["content-type"] = "application/json"
