@@ -363,7 +363,8 @@ class Client:
         )
         try:
             with self.cancels.guard(service, reply.request_id, unfinished=reply.unfinished):
-                await self.hooks.emit("response", reply)
+                if self.hooks.has("response"):
+                    await self.hooks.emit("response", reply)
                 yield reply
         finally:
             await reply.aclose()
@@ -412,7 +413,11 @@ class Client:
             waiter = self.inbox.expect(request.id)
             try:
                 with self._counting_timeouts(), self.cancels.guard(service, request.id):
-                    first = await self._first_item(topic, request, waiter, policy, deadline)
+                    if policy is None:
+                        answer = await self._answer(topic, request, waiter, deadline, whole=False)
+                        first = answer[0]
+                    else:
+                        first = await self._first_item(topic, request, waiter, policy, deadline)
             except ReplyTimeout as exc:
                 waiter.close()
                 raise timed_out(exc, service, method, path, seconds) from None
@@ -643,12 +648,19 @@ class Client:
             )
 
     async def _answer(
-        self, topic: str, request: Request, waiter: ReplyWaiter, deadline: float
+        self,
+        topic: str,
+        request: Request,
+        waiter: ReplyWaiter,
+        deadline: float,
+        *,
+        whole: bool = True,
     ) -> list[Reply]:
-        """Publish once and read the whole reply, under one timer for the whole call.
+        """Publish once and read the whole reply (``whole``) or item 0, under one timer.
 
-        The common case (no retries) of ``request``; the same as ``_first_item`` with
-        no policy and reading on to the end, without a timer per wait.
+        The common case (no retries) of ``request`` and ``stream``; the same as
+        ``_first_item`` with no policy (and reading on to the end), without a timer per
+        wait.
         """
         key, value, headers = protocol.encode_request(request)
         acknowledged = False
@@ -657,7 +669,7 @@ class Client:
                 await (await self.transport.publish(topic, value, key=key, headers=headers))
                 acknowledged = True
                 items = [await waiter.next()]
-                while not items[-1].end:
+                while whole and not items[-1].end:
                     items.append(await waiter.next())
                 return items
         except TimeoutError:
@@ -765,6 +777,8 @@ class Client:
     async def _reachable(self, service: str, topic: str, deadline: float) -> None:
         """Fail fast, as HTTP would: the service must exist and (for a service, not a
         shared topic) have a live instance. See ``client/lookup.py``."""
+        if self.lookup.reachable(service, topic):
+            return
         await self.lookup.require_topic(topic)
         if "." not in service:
             await self.lookup.require_live(service, deadline)
