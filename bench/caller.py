@@ -4,15 +4,19 @@ Two comparisons, each alternated round by round in one process (A, B, A, B...) s
 machine's load falls on both sides alike; the report gives every round and the medians.
 
 * ``one-way``: ``n`` x 200 B one-way messages on one topic, sending side only (nobody
-  consumes them): a raw aiokafka producer with kourier's producer settings (acks,
-  linger, no idempotence, no compression) sending each value and then awaiting every
-  ack, against ``Client.enqueue`` of each and one ``Client.flush()``. Messages per
-  second and this process's CPU per message (user + system, all threads).
+  consumes them): a raw aiokafka producer as a user would write it with kourier's
+  acks, linger, idempotence and request size (no compression, as kourier), sending
+  each value and then awaiting every ack, against ``Client.enqueue`` of each and one
+  ``Client.flush()``. Messages per second and this process's CPU per message (user +
+  system, all threads).
 * ``two-way``: ``POST /echo`` with 64 calls in flight against a ``kourier run
   bench.bare_app:app`` service in a process of its own, through the native ``Client``
   and through ``httpx.AsyncClient`` over ``KourierTransport``, the same calls
   ``bench.run``'s ``kourier`` and ``kourier_httpx`` targets make. Calls per second and
-  the CPU per call of this process (the caller) and of the service.
+  the CPU per call of this process (the caller) and of the service. After each httpx
+  round, "httpx alone": the same calls through httpx with a transport that answers at
+  once, no Kafka, one at a time: what httpx itself costs per call, the floor under
+  the httpx caller's CPU.
 
 To compare two versions of kourier, run the command once per version (``PYTHONPATH``
 pointing at the other tree's ``src``), alternating the runs.
@@ -32,8 +36,9 @@ from dataclasses import dataclass
 import httpx
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
-from bench.common import CALL_TIMEOUT_S, cpu_seconds
+from bench.common import CALL_TIMEOUT_S, ECHO_BODY, cpu_seconds, echo_reply
 from bench.targets.kourier import (
+    JSON_HEADERS,
     SERVICE,
     KourierBench,
     service_process,
@@ -153,10 +158,36 @@ async def two_way(bootstrap: str, seconds: float, inflight: int, rounds: int) ->
                         )
                     )
                     _print(results[-1], "req/s", "µs/call")
+                    if i % 2 == 1:
+                        alone = await httpx_alone(5_000)
+                        results.append(Round("httpx alone", float("nan"), alone))
+                        print(f"  httpx alone (instant transport, no Kafka): {alone:.1f} µs/call")
         finally:
             await client.stop()
             await service.stop()
     return results
+
+
+class InstantTransport(httpx.AsyncBaseTransport):
+    """Answers every request at once with the echo's reply: httpx's own cost, no kourier."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await request.aread()
+        return httpx.Response(200, headers=JSON_HEADERS, content=echo_reply(ECHO_BODY))
+
+
+async def httpx_alone(calls: int) -> float:
+    """CPU µs per ``POST /echo`` through httpx with an instant transport, as ``call`` does it."""
+    async with httpx.AsyncClient(
+        transport=InstantTransport(), base_url=f"http://{SERVICE}", timeout=CALL_TIMEOUT_S
+    ) as http:
+        cpu = _process_cpu()
+        for _ in range(calls):
+            reply = await http.post("/echo", content=ECHO_BODY, headers=JSON_HEADERS)
+            reply.raise_for_status()
+            if reply.json().get("ok") is not True:
+                raise RuntimeError(f"unexpected reply {reply.text[:80]!r}")
+        return (_process_cpu() - cpu) / calls * 1e6
 
 
 def _print(result: Round, unit: str, per: str) -> None:
@@ -178,8 +209,9 @@ def summary(results: list[Round]) -> None:
         medians[side] = (rate, cpu)
         service = [r.service_us for r in mine if r.service_us == r.service_us]
         extra = f", service {statistics.median(service):.0f} µs" if service else ""
-        print(f"  median {side:>14}: {rate:>9,.0f}/s, caller {cpu:.1f} µs{extra}")
-    if len(sides) == 2:
+        shown = "" if rate != rate else f"{rate:>9,.0f}/s, "
+        print(f"  median {side:>14}: {shown}caller {cpu:.1f} µs{extra}")
+    if len(sides) >= 2:
         (rate_a, cpu_a), (rate_b, cpu_b) = medians[sides[0]], medians[sides[1]]
         print(
             f"  {sides[1]} ÷ {sides[0]}: rate {rate_b / rate_a:.2f}x, "

@@ -760,10 +760,14 @@ class Client:
             method, path, headers, content, json, params, key, request_id, timeout, two_way=False
         )
         call.request_id(request.id)
-        await self.lookup.require_topic(topic)
+        if not self.lookup.knows(topic):
+            await self.lookup.require_topic(topic)
         record_key, value, record_headers = protocol.encode_request(request)
-        ack = asyncio.ensure_future(
-            await self.transport.publish(topic, value, key=record_key, headers=record_headers)
+        published = await self.transport.publish(
+            topic, value, key=record_key, headers=record_headers
+        )
+        ack = (
+            published if isinstance(published, asyncio.Future) else asyncio.ensure_future(published)
         )
         self._deliveries.add(ack)
         ack.add_done_callback(self._settled)

@@ -103,12 +103,6 @@ TOPIC_READY_TIMEOUT = 30.0
 RAW_FETCH_BYTES = 1024 * 1024
 #: Records a partition reader takes from one raw fetch.
 RAW_READ_LIMIT = 500
-#: Bytes of records the producer puts in one batch per partition (aiokafka's default is
-#: 16 KiB). kourier's records carry their envelope in headers, so a 16 KiB batch holds
-#: few of them and a burst (``Client.enqueue``) costs a produce request per few dozen
-#: records; with linger_ms=0 a batch still goes out as soon as the sender is free, so
-#: a larger one adds no wait. librdkafka's default (``batch.size``) is 1 MB.
-PRODUCER_BATCH_BYTES = 128 * 1024
 
 
 def _connection_options(settings: Settings) -> dict[str, Any]:
@@ -163,7 +157,6 @@ class KafkaTransport(Transport):
             acks="all",
             enable_idempotence=False,
             linger_ms=self.settings.linger_ms,
-            max_batch_size=PRODUCER_BATCH_BYTES,
             max_request_size=self._max_request_size,
         )
         try:
