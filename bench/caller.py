@@ -30,13 +30,14 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import httpx
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
-from bench.common import CALL_TIMEOUT_S, ECHO_BODY, cpu_seconds, echo_reply
+from bench.common import CALL_TIMEOUT_S, ECHO_BODY, ServiceProcess, cpu_seconds, echo_reply
 from bench.targets.kourier import (
     JSON_HEADERS,
     SERVICE,
@@ -44,11 +45,17 @@ from bench.targets.kourier import (
     service_process,
     session_settings,
 )
-from kourier import Client, KourierTransport, Settings
+from kourier import Client, KourierTransport, Settings, protocol
+from kourier.client.replies import ReplyInbox
+from kourier.registry import InstanceInfo, registry_topic_spec
+from kourier.registry import encode as encode_instance
+from kourier.transports.base import Record, TopicSpec
 from kourier.transports.kafka import RECORD_OVERHEAD_BYTES
+from kourier.transports.memory import MemoryBroker, MemoryTransport
 
 BARE_APP = "bench.bare_app:app"
 PAYLOAD_BYTES = 200
+JSON_REPLY = [(b"content-type", b"application/json")]
 
 
 @dataclass(slots=True)
@@ -190,6 +197,101 @@ async def httpx_alone(calls: int) -> float:
         return (_process_cpu() - cpu) / calls * 1e6
 
 
+class InstantReplier(MemoryTransport):
+    """The in-memory broker, except that a request is answered as it is published: its
+    reply goes straight to the client's reply inbox on the next turn of the loop. What
+    a call costs then is the caller's own code, with no broker and no service."""
+
+    def __init__(self) -> None:
+        super().__init__(MemoryBroker())
+        self.inbox: ReplyInbox | None = None
+        self._offset = 0
+
+    async def publish(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        partition: int | None = None,
+    ) -> Awaitable[None]:
+        if self.inbox is None or not topic.endswith(".requests"):
+            return await super().publish(
+                topic, value, key=key, headers=headers, partition=partition
+            )
+        request = protocol.decode_request(key, value, headers)
+        reply = protocol.Reply(
+            request.id, 0, echo_reply(request.body), status=200, headers=JSON_REPLY
+        )
+        reply_key, reply_value, reply_headers = protocol.encode_reply(reply)
+        self._offset += 1
+        record = Record("replies", 0, self._offset, reply_key, reply_value, reply_headers, 0)
+        loop = asyncio.get_running_loop()
+        loop.call_soon(self.inbox.route, record)
+        acknowledged = loop.create_future()
+        acknowledged.set_result(None)
+        return acknowledged
+
+
+async def in_process(calls: int, rounds: int) -> list[Round]:
+    """CPU per sequential ``POST /echo`` through the native client and through httpx over
+    ``KourierTransport``, both on an ``InstantReplier``; then httpx alone."""
+    settings = Settings(partitions=1, reply_partitions=1)
+    transport = InstantReplier()
+    await transport.ensure_topics([TopicSpec(settings.request_topic(SERVICE), 1)])
+    await _announce(transport, settings)
+    results: list[Round] = []
+    async with Client(settings, transport=transport) as client:
+        transport.inbox = client.inbox
+        async with httpx.AsyncClient(
+            transport=KourierTransport(client), base_url=f"http://{SERVICE}", timeout=10
+        ) as http:
+            sides = [
+                KourierBench("native", client, cast(ServiceProcess, None)),
+                KourierBench("httpx", client, cast(ServiceProcess, None), http),
+            ]
+            for side in sides:
+                for _ in range(200):
+                    await side.call()
+            for i in range(rounds * 2):
+                side = sides[i % 2]
+                cpu = _process_cpu()
+                started = time.perf_counter()
+                for _ in range(calls):
+                    await side.call()
+                used = _process_cpu() - cpu
+                results.append(
+                    Round(side.name, calls / (time.perf_counter() - started), used / calls * 1e6)
+                )
+                _print(results[-1], "calls/s", "µs/call")
+                if i % 2 == 1:
+                    alone = await httpx_alone(calls)
+                    results.append(Round("httpx alone", float("nan"), alone))
+                    print(f"  httpx alone (instant transport, no kourier): {alone:.1f} µs/call")
+    return results
+
+
+async def _announce(transport: MemoryTransport, settings: Settings) -> None:
+    """Register one live instance of the bench service, as ``kourier run`` would."""
+    await transport.ensure_topics([registry_topic_spec(settings)])
+    now = time.time()
+    info = InstanceInfo(
+        service=SERVICE,
+        instance_id="instant",
+        host="bench",
+        pid=os.getpid(),
+        kourier_version="bench",
+        app_version=None,
+        routes=(),
+        started_at=now,
+        heartbeat_at=now,
+        heartbeat_interval=3600.0,
+    )
+    key, value = encode_instance(info)
+    await (await transport.publish(registry_topic_spec(settings).name, value, key=key))
+
+
 def _print(result: Round, unit: str, per: str) -> None:
     service = "" if result.service_us != result.service_us else f", service {result.service_us:.0f}"
     print(
@@ -225,14 +327,17 @@ def _load() -> str:
 
 async def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.caller", description=__doc__)
-    parser.add_argument("what", nargs="?", choices=["one-way", "two-way", "all"], default="all")
+    parser.add_argument(
+        "what", nargs="?", choices=["one-way", "two-way", "in-process", "all"], default="all"
+    )
+    parser.add_argument("--calls", type=int, default=5_000, help="in-process calls per round")
     parser.add_argument("--bootstrap", default=os.environ.get("KOURIER_BOOTSTRAP_SERVERS"))
     parser.add_argument("--messages", type=int, default=20_000, help="one-way messages per round")
     parser.add_argument("--seconds", type=float, default=3.0, help="two-way window per round")
     parser.add_argument("--inflight", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="rounds per side")
     args = parser.parse_args(argv)
-    if not args.bootstrap:
+    if not args.bootstrap and args.what != "in-process":
         parser.error("--bootstrap or KOURIER_BOOTSTRAP_SERVERS is needed")
     print(f"load average before: {_load()}", flush=True)
     if args.what in ("one-way", "all"):
@@ -241,6 +346,9 @@ async def main(argv: list[str]) -> None:
     if args.what in ("two-way", "all"):
         print(f"two-way POST /echo, {args.inflight} in flight, {args.seconds} s per round:")
         summary(await two_way(args.bootstrap, args.seconds, args.inflight, args.rounds))
+    if args.what in ("in-process", "all"):
+        print(f"in process, instant replier, {args.calls:,} sequential POST /echo per round:")
+        summary(await in_process(args.calls, args.rounds))
     print(f"load average after: {_load()}", flush=True)
 
 

@@ -352,6 +352,31 @@ def refuse_some(topic: str, value: bytes) -> asyncio.Future[None] | None:
     return ack
 
 
+async def test_concurrent_flushes_each_wait_for_every_ack(settings: Settings) -> None:
+    """Two flushes wait for the same acks; cancelling one leaves the other waiting."""
+    acks: list[asyncio.Future[None]] = []
+
+    def held(topic: str, value: bytes) -> asyncio.Future[None]:
+        acks.append(asyncio.get_running_loop().create_future())
+        return acks[-1]
+
+    transport = ScriptedTransport(script=held)
+    await ensure_service(MemoryTransport(transport.broker), settings)
+    async with Client(settings, transport=transport) as client:
+        for _ in range(3):
+            await client.enqueue("orders", "POST", "/events", content=b"x")
+        first = asyncio.create_task(client.flush())
+        second = asyncio.create_task(client.flush())
+        await asyncio.sleep(0.01)
+        first.cancel()
+        acks[0].set_result(None)
+        acks[1].set_result(None)
+        await asyncio.sleep(0.01)
+        assert first.cancelled() and not second.done()
+        acks[2].set_result(None)
+        await asyncio.wait_for(second, 1)
+
+
 async def test_an_unacknowledged_request_times_out_at_its_deadline(settings: Settings) -> None:
     """No ack: ReplyTimeout at the deadline, saying so; a cancelled call stays cancelled."""
     transport = ScriptedTransport(script=never_acknowledged)

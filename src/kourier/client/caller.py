@@ -65,6 +65,9 @@ _METHOD = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}$")
 #: A target httpx would leave as it is: unreserved, sub-delims, ":@/?" and %XX only.
 _SAFE_TARGET = re.compile(r"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*")
 _TARGET_BASE = "http://kourier"
+#: Paths already found to need no encoding (a set lookup instead of the pattern).
+_safe_targets: set[str] = set()
+_TARGETS_KEPT = 1024
 #: Methods already found valid (a set lookup instead of the pattern on every call).
 _checked_methods: set[str] = set()
 _METHODS_KEPT = 64
@@ -148,7 +151,11 @@ class Client:
             self.inbox.on_dropped = metrics.reply_dropped
         #: Request topics by service name, each name checked once (``_request_topic``).
         self._topics: dict[str, str] = {}
-        self._deliveries: set[asyncio.Future[None]] = set()
+        #: Enqueued messages not yet acknowledged or refused, and the future ``flush``
+        #: waits on until that count is 0: one callback per message, not one more per
+        #: message for ``asyncio.wait`` in every flush.
+        self._unsettled = 0
+        self._drained: asyncio.Future[None] | None = None
         self._delivery_failures: list[BaseException] = []
         self._started = False
 
@@ -314,8 +321,12 @@ class Client:
         Raises ``PublishError`` if any message enqueued since the last ``flush`` was
         refused or not acknowledged, whether or not its delivery was awaited.
         """
-        while self._deliveries:
-            await asyncio.wait(list(self._deliveries))
+        while self._unsettled:
+            drained = self._drained
+            if drained is None or drained.done():
+                drained = self._drained = asyncio.get_running_loop().create_future()
+            # Shielded: a flush that is cancelled must not cancel another one's wait.
+            await asyncio.shield(drained)
         failures, self._delivery_failures = self._delivery_failures, []
         if failures:
             first = failures[0]
@@ -769,14 +780,16 @@ class Client:
         ack = (
             published if isinstance(published, asyncio.Future) else asyncio.ensure_future(published)
         )
-        self._deliveries.add(ack)
+        self._unsettled += 1
         ack.add_done_callback(self._settled)
         return Delivery(request.id, ack)
 
     def _settled(self, ack: asyncio.Future[None]) -> None:
-        self._deliveries.discard(ack)
+        self._unsettled -= 1
         if not ack.cancelled() and (error := ack.exception()) is not None:
             self._delivery_failures.append(error)
+        if not self._unsettled and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
 
     async def _reachable(self, service: str, topic: str, deadline: float) -> None:
         """Fail fast, as HTTP would: the service must exist and (for a service, not a
@@ -870,8 +883,13 @@ def _target(path: str, params: Params | None) -> str:
     """The origin-form target: the path, percent-encoded as needed, and the query."""
     if not path.startswith("/"):
         raise ValueError(f"path {path[:60]!r} must start with '/'")
-    if params is None and _SAFE_TARGET.fullmatch(path):
-        return path  # nothing to encode: the common case, without parsing a URL
+    if params is None:
+        if path in _safe_targets:
+            return path
+        if _SAFE_TARGET.fullmatch(path):
+            if len(_safe_targets) < _TARGETS_KEPT:
+                _safe_targets.add(path)
+            return path  # nothing to encode: the common case, without parsing a URL
     # Under a scheme and host, so that a path starting with "//" stays a path.
     url = httpx.URL(_TARGET_BASE + path)
     if params is not None:
