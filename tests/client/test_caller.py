@@ -79,7 +79,7 @@ async def test_json_body_headers_and_params_travel(client: Client, serve: Serve)
 def test_call_headers_are_the_pairs_httpx_would_send(headers: Any, json_body: bool) -> None:
     """Whatever form the headers take, the call sends httpx's pairs, and a JSON body
     adds its content type only where none was given."""
-    from kourier.client.caller import _user_headers
+    from kourier.client.requests import user_headers as _user_headers
 
     try:
         expected = httpx.Headers(headers)

@@ -15,16 +15,12 @@ ran), and never keep a waiter after its call is over.
 from __future__ import annotations
 
 import asyncio
-import json as jsonlib
 import logging
-import re
 import warnings
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
-
-import httpx
 
 from kourier import deadline, protocol
 from kourier.client.calls import Call, observe
@@ -32,6 +28,15 @@ from kourier.client.cancel import CancelSender
 from kourier.client.hooks import CallerHooks, Hook
 from kourier.client.lookup import ServiceLookup
 from kourier.client.replies import ReplyInbox, ReplyWaiter
+from kourier.client.requests import (
+    Headers,
+    Key,
+    Params,
+    body_of,
+    check_method,
+    target_of,
+    user_headers,
+)
 from kourier.client.responses import ReplyStream, Response
 from kourier.client.retry import Retry
 from kourier.client.timeouts import timed_out
@@ -50,27 +55,11 @@ from kourier.registry import ServiceInfo
 from kourier.settings import Settings
 from kourier.transports.base import Transport
 
-Headers = (
-    httpx.Headers | Mapping[str, str] | Sequence[tuple[str, str]] | Sequence[tuple[bytes, bytes]]
-)
-Primitive = str | int | float | bool | None
-Params = httpx.QueryParams | Mapping[str, Primitive | Sequence[Primitive]] | str
-Key = str | bytes
 #: A call's ``retry``: a policy, ``None`` for the client's default, ``False`` for none.
 RetryOption = Retry | Literal[False] | None
 
 logger = logging.getLogger("kourier.client")
 
-_METHOD = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}$")
-#: A target httpx would leave as it is: unreserved, sub-delims, ":@/?" and %XX only.
-_SAFE_TARGET = re.compile(r"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*")
-_TARGET_BASE = "http://kourier"
-#: Paths already found to need no encoding (a set lookup instead of the pattern).
-_safe_targets: set[str] = set()
-_TARGETS_KEPT = 1024
-#: Methods already found valid (a set lookup instead of the pattern on every call).
-_checked_methods: set[str] = set()
-_METHODS_KEPT = 64
 #: Request topics a client remembers by service name (a bound against unbounded names).
 _TOPICS_KEPT = 1024
 
@@ -552,10 +541,10 @@ class Client:
         request = Request(
             id=protocol.new_request_id() if request_id is None else request_id,
             method=method.upper(),
-            target=_target(path, params),
-            body=_body(content, json),
+            target=target_of(path, params),
+            body=body_of(content, json),
             # The current span (the call's) travels as W3C trace context headers.
-            headers=inject(_user_headers(headers, json_body=json is not None)),
+            headers=inject(user_headers(headers, json_body=json is not None)),
             deadline_ms=None if timeout is None else protocol.now_ms() + int(timeout * 1000),
             reply_to=self.inbox.address if two_way else None,
             key=key.encode("utf-8") if isinstance(key, str) else key,
@@ -575,11 +564,7 @@ class Client:
 
     def _validate(self, request: Request, *, check_id: bool = True) -> None:
         """Check what the wire format and the broker demand (after the hooks had their say)."""
-        if request.method not in _checked_methods:
-            if not _METHOD.match(request.method):
-                raise ValueError(f"{request.method[:40]!r} is not an HTTP method")
-            if len(_checked_methods) < _METHODS_KEPT:
-                _checked_methods.add(request.method)
+        check_method(request.method)
         if request.scheme not in protocol.SCHEMES:
             raise ValueError(f"scheme {request.scheme[:20]!r}: use http or https")
         if check_id and not protocol.is_valid_request_id(request.id):
@@ -832,69 +817,6 @@ async def _next_before(waiter: ReplyWaiter, deadline: float) -> Reply | None:
         return await waiter.next(deadline)
     except ReplyTimeout:
         return None
-
-
-_JSON_CONTENT_TYPE = (b"content-type", b"application/json")
-
-
-def _user_headers(headers: Headers | None, *, json_body: bool) -> list[tuple[bytes, bytes]]:
-    """The call's headers as raw pairs; a JSON body adds its content type unless given."""
-    if headers is None:
-        return [_JSON_CONTENT_TYPE] if json_body else []
-    if headers.__class__ is dict:
-        # The common case, a dict of ASCII strings: the pairs httpx would make, without it.
-        try:
-            pairs = [(k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()]
-        except (AttributeError, UnicodeEncodeError):
-            pass  # bytes, numbers or non-ASCII: httpx's rules below
-        else:
-            if json_body and not any(name.lower() == b"content-type" for name, _ in pairs):
-                pairs.append(_JSON_CONTENT_TYPE)
-            return pairs
-    elif headers.__class__ is list and not json_body:
-        # Raw pairs (``KourierTransport`` passes httpx's ``headers.raw``): httpx would
-        # keep bytes as they are, so the list is the answer once every item is bytes.
-        pairs = headers
-        if all(
-            pair.__class__ is tuple
-            and len(pair) == 2
-            and pair[0].__class__ is bytes
-            and pair[1].__class__ is bytes
-            for pair in pairs
-        ):
-            return list(pairs)
-    parsed = httpx.Headers(headers)
-    if json_body and "content-type" not in parsed:
-        parsed["content-type"] = "application/json"
-    return list(parsed.raw)
-
-
-def _body(content: bytes | str | None, json: Any) -> bytes:
-    if content is not None and json is not None:
-        raise ValueError("give content or json, not both")
-    if json is not None:
-        return jsonlib.dumps(json, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    if isinstance(content, str):
-        return content.encode("utf-8")
-    return bytes(content or b"")
-
-
-def _target(path: str, params: Params | None) -> str:
-    """The origin-form target: the path, percent-encoded as needed, and the query."""
-    if not path.startswith("/"):
-        raise ValueError(f"path {path[:60]!r} must start with '/'")
-    if params is None:
-        if path in _safe_targets:
-            return path
-        if _SAFE_TARGET.fullmatch(path):
-            if len(_safe_targets) < _TARGETS_KEPT:
-                _safe_targets.add(path)
-            return path  # nothing to encode: the common case, without parsing a URL
-    # Under a scheme and host, so that a path starting with "//" stays a path.
-    url = httpx.URL(_TARGET_BASE + path)
-    if params is not None:
-        url = url.copy_merge_params(params)
-    return url.raw_path.decode("ascii")
 
 
 def _url(service: str, request: Request) -> str:
