@@ -79,7 +79,7 @@ async def test_json_body_headers_and_params_travel(client: Client, serve: Serve)
 def test_call_headers_are_the_pairs_httpx_would_send(headers: Any, json_body: bool) -> None:
     """Whatever form the headers take, the call sends httpx's pairs, and a JSON body
     adds its content type only where none was given."""
-    from kourier.client.caller import _user_headers
+    from kourier.client.requests import user_headers as _user_headers
 
     try:
         expected = httpx.Headers(headers)
@@ -350,6 +350,31 @@ def refuse_some(topic: str, value: bytes) -> asyncio.Future[None] | None:
     ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     asyncio.get_running_loop().call_soon(ack.set_exception, PublishError("broker said no"))
     return ack
+
+
+async def test_concurrent_flushes_each_wait_for_every_ack(settings: Settings) -> None:
+    """Two flushes wait for the same acks; cancelling one leaves the other waiting."""
+    acks: list[asyncio.Future[None]] = []
+
+    def held(topic: str, value: bytes) -> asyncio.Future[None]:
+        acks.append(asyncio.get_running_loop().create_future())
+        return acks[-1]
+
+    transport = ScriptedTransport(script=held)
+    await ensure_service(MemoryTransport(transport.broker), settings)
+    async with Client(settings, transport=transport) as client:
+        for _ in range(3):
+            await client.enqueue("orders", "POST", "/events", content=b"x")
+        first = asyncio.create_task(client.flush())
+        second = asyncio.create_task(client.flush())
+        await asyncio.sleep(0.01)
+        first.cancel()
+        acks[0].set_result(None)
+        acks[1].set_result(None)
+        await asyncio.sleep(0.01)
+        assert first.cancelled() and not second.done()
+        acks[2].set_result(None)
+        await asyncio.wait_for(second, 1)
 
 
 async def test_an_unacknowledged_request_times_out_at_its_deadline(settings: Settings) -> None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+import httpx
 import pytest
 
 from kourier import deadline, protocol
-from kourier.client import Client
+from kourier.client import Client, KourierTransport
 from kourier.errors import ReplyTimeout
 from kourier.protocol import Request
 from kourier.settings import Settings
@@ -101,6 +102,31 @@ async def test_a_stream_closed_early_publishes_a_cancel_and_a_finished_one_does_
 async def _whole_stream(request: Request, replies: Replies) -> None:
     await replies.item(0, b"a")
     await replies.item(1, b"b", end=True)
+
+
+async def test_httpx_closing_a_stream_early_publishes_a_cancel_and_a_whole_reply_does_not(
+    client: Client, serve: Serve, transport: MemoryTransport, settings: Settings
+) -> None:
+    """Through KourierTransport, a response closed before its end marker publishes
+    "closed"; a reply that came whole publishes nothing and leaves no waiter."""
+    reader = await cancels_topic(transport, settings)
+    service = await serve(started_stream)
+    async with httpx.AsyncClient(
+        transport=KourierTransport(client), base_url="http://orders"
+    ) as http:
+        async with http.stream("GET", "/s") as response:
+            async for _ in response.aiter_lines():
+                break
+        [cancel] = await read_cancels(reader)
+        assert cancel == protocol.Cancel(service.requests[0].id, "closed")
+        service.handler = echo
+        async with http.stream("GET", "/whole") as response:
+            assert client.inbox.waiting == 0, "a whole reply holds no waiter while read"
+            assert (await response.aread()).startswith(b"{")
+        assert (await http.get("/")).status_code == 200
+    assert await reader.fetch(0.1) == []
+    assert client.inbox.waiting == 0
+    await eventually(lambda: client.cancels.sent == 1)
 
 
 async def test_no_cancel_goes_to_a_service_without_a_cancels_topic(

@@ -112,6 +112,11 @@ async def test_hook_errors_reach_the_caller(
         with pytest.raises(RuntimeError, match="bug in my hook"):
             async with client.stream("orders", "GET", "/"):
                 pass  # pragma: no cover
+        async with httpx.AsyncClient(
+            transport=KourierTransport(client), base_url="http://orders"
+        ) as http:
+            with pytest.raises(RuntimeError, match="bug in my hook"):
+                await http.get("/")
         assert client.inbox.waiting == 0
 
 

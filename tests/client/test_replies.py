@@ -9,8 +9,8 @@ import pytest
 
 from kourier import protocol
 from kourier.client import Client
-from kourier.client.replies import ReplyInbox, ReplyOrder
-from kourier.errors import BrokerError
+from kourier.client.replies import ReplyInbox, ReplyOrder, ReplyWaiter
+from kourier.errors import BrokerError, ReplyTimeout, StreamBroken
 from kourier.protocol import Reply, Request
 from kourier.settings import Settings
 from kourier.transports.base import PartitionReader, Record, TopicSpec
@@ -53,6 +53,65 @@ def test_order_with_a_gap_before_the_end_is_broken() -> None:
     assert order.pop() is not None and order.pop() is None
     assert order.broken and not order.done
     assert not order.add(item(5)), "nothing beyond the end marker is kept"
+
+
+def waiter_of(settings: Settings, transport: MemoryTransport) -> ReplyWaiter:
+    return ReplyWaiter(ReplyInbox(transport, settings), "r1", gather=False)
+
+
+async def test_an_item_is_handed_to_the_call_waiting_for_it(
+    settings: Settings, transport: MemoryTransport
+) -> None:
+    """An item delivered while the call waits is what its ``next`` returns, in order."""
+    waiter = waiter_of(settings, transport)
+    waiting = asyncio.create_task(waiter.next())
+    await asyncio.sleep(0)
+    waiter.deliver(item(1))
+    await asyncio.sleep(0)
+    assert not waiting.done(), "item 1 is not the next in order"
+    waiter.deliver(item(0))
+    assert (await waiting).seq == 0
+    assert (await waiter.next()).seq == 1
+
+
+async def test_an_item_handed_to_a_cancelled_wait_is_kept(
+    settings: Settings, transport: MemoryTransport
+) -> None:
+    """An item handed over just before the waiting call was cancelled comes next, not lost."""
+    waiter = waiter_of(settings, transport)
+    waiting = asyncio.create_task(waiter.next())
+    await asyncio.sleep(0)
+    waiter.deliver(item(0))
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert (await asyncio.wait_for(waiter.next(), 1)).seq == 0
+
+
+async def test_a_wait_past_its_deadline_times_out_and_later_items_still_come(
+    settings: Settings, transport: MemoryTransport
+) -> None:
+    """``next`` with a deadline raises ReplyTimeout; an item after that is still delivered."""
+    waiter = waiter_of(settings, transport)
+    loop = asyncio.get_running_loop()
+    with pytest.raises(ReplyTimeout):
+        await waiter.next(loop.time() + 0.01)
+    waiter.deliver(item(0, end=True))
+    assert (await waiter.next(loop.time() + 1)).end
+
+
+async def test_a_broken_reply_wakes_the_waiting_call(
+    settings: Settings, transport: MemoryTransport
+) -> None:
+    """An end marker after a gap fails the call waiting for the missing item at once."""
+    waiter = waiter_of(settings, transport)
+    waiter.deliver(item(0))
+    assert (await waiter.next()).seq == 0
+    waiting = asyncio.create_task(waiter.next())
+    await asyncio.sleep(0)
+    waiter.deliver(item(2, end=True))
+    with pytest.raises(StreamBroken):
+        await asyncio.wait_for(waiting, 1)
 
 
 async def test_malformed_reply_records_do_not_kill_the_inbox(

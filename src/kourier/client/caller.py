@@ -15,23 +15,28 @@ ran), and never keep a waiter after its call is over.
 from __future__ import annotations
 
 import asyncio
-import json as jsonlib
 import logging
-import re
 import warnings
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import httpx
-
 from kourier import deadline, protocol
-from kourier.client.calls import Call, ObservedCall
+from kourier.client.calls import Call, observe
 from kourier.client.cancel import CancelSender
 from kourier.client.hooks import CallerHooks, Hook
 from kourier.client.lookup import ServiceLookup
 from kourier.client.replies import ReplyInbox, ReplyWaiter
+from kourier.client.requests import (
+    Headers,
+    Key,
+    Params,
+    body_of,
+    check_method,
+    target_of,
+    user_headers,
+)
 from kourier.client.responses import ReplyStream, Response
 from kourier.client.retry import Retry
 from kourier.client.timeouts import timed_out
@@ -50,21 +55,13 @@ from kourier.registry import ServiceInfo
 from kourier.settings import Settings
 from kourier.transports.base import Transport
 
-Headers = (
-    httpx.Headers | Mapping[str, str] | Sequence[tuple[str, str]] | Sequence[tuple[bytes, bytes]]
-)
-Primitive = str | int | float | bool | None
-Params = httpx.QueryParams | Mapping[str, Primitive | Sequence[Primitive]] | str
-Key = str | bytes
 #: A call's ``retry``: a policy, ``None`` for the client's default, ``False`` for none.
 RetryOption = Retry | Literal[False] | None
 
 logger = logging.getLogger("kourier.client")
 
-_METHOD = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}$")
-#: A target httpx would leave as it is: unreserved, sub-delims, ":@/?" and %XX only.
-_SAFE_TARGET = re.compile(r"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*")
-_TARGET_BASE = "http://kourier"
+#: Request topics a client remembers by service name (a bound against unbounded names).
+_TOPICS_KEPT = 1024
 
 
 class Delivery:
@@ -141,7 +138,13 @@ class Client:
         self.cancels = CancelSender(self.transport, self.settings)
         if metrics is not None:
             self.inbox.on_dropped = metrics.reply_dropped
-        self._deliveries: set[asyncio.Future[None]] = set()
+        #: Request topics by service name, each name checked once (``_request_topic``).
+        self._topics: dict[str, str] = {}
+        #: Enqueued messages not yet acknowledged or refused, and the future ``flush``
+        #: waits on until that count is 0: one callback per message, not one more per
+        #: message for ``asyncio.wait`` in every flush.
+        self._unsettled = 0
+        self._drained: asyncio.Future[None] | None = None
         self._delivery_failures: list[BaseException] = []
         self._started = False
 
@@ -209,7 +212,7 @@ class Client:
         """
         seconds = self._timeout(timeout)
         deadline = _loop_time() + seconds
-        topic = self.settings.request_topic(service)
+        topic = self._topics.get(service) or self._request_topic(service)
         with self._call(service, method, path, topic) as call:
             request = await self._request(
                 method,
@@ -264,7 +267,7 @@ class Client:
         the service skips it; without, it waits as long as it takes. One message at a
         time: to send many, ``enqueue`` them and await their deliveries.
         """
-        topic = self.settings.request_topic(service)
+        topic = self._topics.get(service) or self._request_topic(service)
         with self._call(service, method, path, topic, one_way=True) as call:
             delivery = await self._enqueue(
                 call, topic, method, path, headers, content, json, params, key, timeout, request_id
@@ -295,7 +298,7 @@ class Client:
         raises ``PublishError``; ``flush`` waits for all of them and raises if any
         failed, so no failure goes unseen when the deliveries are not awaited one by one.
         """
-        topic = self.settings.request_topic(service)
+        topic = self._topics.get(service) or self._request_topic(service)
         with self._call(service, method, path, topic, one_way=True) as call:
             return await self._enqueue(
                 call, topic, method, path, headers, content, json, params, key, timeout, request_id
@@ -307,8 +310,12 @@ class Client:
         Raises ``PublishError`` if any message enqueued since the last ``flush`` was
         refused or not acknowledged, whether or not its delivery was awaited.
         """
-        while self._deliveries:
-            await asyncio.wait(list(self._deliveries))
+        while self._unsettled:
+            drained = self._drained
+            if drained is None or drained.done():
+                drained = self._drained = asyncio.get_running_loop().create_future()
+            # Shielded: a flush that is cancelled must not cancel another one's wait.
+            await asyncio.shield(drained)
         failures, self._delivery_failures = self._delivery_failures, []
         if failures:
             first = failures[0]
@@ -340,9 +347,50 @@ class Client:
         client's default) happen only while entering: once item 0 is in, the stream is
         the caller's and is never repeated.
         """
+        reply = await self._open_stream(
+            service,
+            method,
+            path,
+            headers=headers,
+            content=content,
+            json=json,
+            params=params,
+            timeout=timeout,
+            key=key,
+            request_id=request_id,
+            retry=retry,
+            scheme=scheme,
+        )
+        try:
+            with self.cancels.guard(service, reply.request_id, unfinished=reply.unfinished):
+                if self.hooks.has("response"):
+                    await self.hooks.emit("response", reply)
+                yield reply
+        finally:
+            await reply.aclose()
+
+    async def _open_stream(
+        self,
+        service: str,
+        method: str,
+        path: str,
+        *,
+        headers: Headers | None,
+        content: bytes | str | None,
+        json: Any,
+        params: Params | None,
+        timeout: float | None,
+        key: Key | None,
+        request_id: str | None,
+        retry: RetryOption,
+        scheme: str,
+    ) -> ReplyStream:
+        """``stream`` up to item 0: the stream, whose waiter its reader must close
+        (``ReplyStream.aclose``) and whose unfinished end must send a cancel
+        (``cancels.guard``); ``KourierTransport`` opens its calls here too."""
         seconds = self._timeout(timeout)
         deadline = _loop_time() + seconds
-        topic = self.settings.request_topic(service)
+        topic = self._topics.get(service) or self._request_topic(service)
         # The call's span ends when item 0 arrives: a span left open across the yield
         # would stay current in the caller's code for as long as it reads the stream.
         with self._call(service, method, path, topic) as call:
@@ -365,7 +413,11 @@ class Client:
             waiter = self.inbox.expect(request.id)
             try:
                 with self._counting_timeouts(), self.cancels.guard(service, request.id):
-                    first = await self._first_item(topic, request, waiter, policy, deadline)
+                    if policy is None:
+                        answer = await self._answer(topic, request, waiter, deadline, whole=False)
+                        first = answer[0]
+                    else:
+                        first = await self._first_item(topic, request, waiter, policy, deadline)
             except ReplyTimeout as exc:
                 waiter.close()
                 raise timed_out(exc, service, method, path, seconds) from None
@@ -373,14 +425,7 @@ class Client:
                 waiter.close()
                 raise
             call.status(first.status or 0)
-        with waiter:
-            reply = ReplyStream(waiter, first, seconds, call=(service, method, path))
-            try:
-                with self.cancels.guard(service, request.id, unfinished=reply.unfinished):
-                    await self.hooks.emit("response", reply)
-                    yield reply
-            finally:
-                await reply.aclose()
+        return ReplyStream(waiter, first, seconds, call=(service, method, path))
 
     async def gather(
         self,
@@ -452,10 +497,18 @@ class Client:
 
     # -- parts -------------------------------------------------------------------------
 
+    def _request_topic(self, service: str) -> str:
+        """The service's request topic, its name checked and the answer kept for the next call."""
+        topic = self.settings.request_topic(service)
+        if len(self._topics) >= _TOPICS_KEPT:
+            self._topics.clear()
+        self._topics[service] = topic
+        return topic
+
     def _call(
         self, service: str, method: str, path: str, topic: str, *, one_way: bool = False
     ) -> AbstractContextManager[Call]:
-        return ObservedCall(self.metrics, service, method, path, topic, one_way=one_way)
+        return observe(self.metrics, service, method, path, topic, one_way=one_way)
 
     def _timeout(self, timeout: float | None, *, inherit: bool = True) -> float:
         """The call's timeout; inside a handler, at most its time left (``inherit``)."""
@@ -488,10 +541,10 @@ class Client:
         request = Request(
             id=protocol.new_request_id() if request_id is None else request_id,
             method=method.upper(),
-            target=_target(path, params),
-            body=_body(content, json),
+            target=target_of(path, params),
+            body=body_of(content, json),
             # The current span (the call's) travels as W3C trace context headers.
-            headers=inject(_user_headers(headers, json_body=json is not None)),
+            headers=inject(user_headers(headers, json_body=json is not None)),
             deadline_ms=None if timeout is None else protocol.now_ms() + int(timeout * 1000),
             reply_to=self.inbox.address if two_way else None,
             key=key.encode("utf-8") if isinstance(key, str) else key,
@@ -501,19 +554,20 @@ class Client:
         if request.parent_id is not None and logger.isEnabledFor(logging.DEBUG):
             # A line in the parent's context (its id) naming the nested call's id.
             logger.debug("nested call %s %s as request %s", method, path, request.id)
-        if self.hooks.has("request"):
+        hooked = self.hooks.has("request")
+        if hooked:
             await self.hooks.emit("request", request)
-        self._validate(request)
+        # An id this client drew is valid by construction, unless a hook replaced it.
+        self._validate(request, check_id=hooked or request_id is not None)
         self.stats.requests += 1
         return request
 
-    def _validate(self, request: Request) -> None:
+    def _validate(self, request: Request, *, check_id: bool = True) -> None:
         """Check what the wire format and the broker demand (after the hooks had their say)."""
-        if not _METHOD.match(request.method):
-            raise ValueError(f"{request.method[:40]!r} is not an HTTP method")
+        check_method(request.method)
         if request.scheme not in protocol.SCHEMES:
             raise ValueError(f"scheme {request.scheme[:20]!r}: use http or https")
-        if not protocol.is_valid_request_id(request.id):
+        if check_id and not protocol.is_valid_request_id(request.id):
             raise ValueError(f"request id {request.id[:40]!r}: use 1-128 of A-Z a-z 0-9 . _ : -")
         if request.key is not None and not isinstance(request.key, bytes):
             raise TypeError(f"key must be bytes, not {type(request.key).__name__}")
@@ -590,12 +644,19 @@ class Client:
             )
 
     async def _answer(
-        self, topic: str, request: Request, waiter: ReplyWaiter, deadline: float
+        self,
+        topic: str,
+        request: Request,
+        waiter: ReplyWaiter,
+        deadline: float,
+        *,
+        whole: bool = True,
     ) -> list[Reply]:
-        """Publish once and read the whole reply, under one timer for the whole call.
+        """Publish once and read the whole reply (``whole``) or item 0, under one timer.
 
-        The common case (no retries) of ``request``; the same as ``_first_item`` with
-        no policy and reading on to the end, without a timer per wait.
+        The common case (no retries) of ``request`` and ``stream``; the same as
+        ``_first_item`` with no policy (and reading on to the end), without a timer per
+        wait.
         """
         key, value, headers = protocol.encode_request(request)
         acknowledged = False
@@ -604,7 +665,7 @@ class Client:
                 await (await self.transport.publish(topic, value, key=key, headers=headers))
                 acknowledged = True
                 items = [await waiter.next()]
-                while not items[-1].end:
+                while whole and not items[-1].end:
                     items.append(await waiter.next())
                 return items
         except TimeoutError:
@@ -695,23 +756,31 @@ class Client:
             method, path, headers, content, json, params, key, request_id, timeout, two_way=False
         )
         call.request_id(request.id)
-        await self.lookup.require_topic(topic)
+        if not self.lookup.knows(topic):
+            await self.lookup.require_topic(topic)
         record_key, value, record_headers = protocol.encode_request(request)
-        ack = asyncio.ensure_future(
-            await self.transport.publish(topic, value, key=record_key, headers=record_headers)
+        published = await self.transport.publish(
+            topic, value, key=record_key, headers=record_headers
         )
-        self._deliveries.add(ack)
+        ack = (
+            published if isinstance(published, asyncio.Future) else asyncio.ensure_future(published)
+        )
+        self._unsettled += 1
         ack.add_done_callback(self._settled)
         return Delivery(request.id, ack)
 
     def _settled(self, ack: asyncio.Future[None]) -> None:
-        self._deliveries.discard(ack)
+        self._unsettled -= 1
         if not ack.cancelled() and (error := ack.exception()) is not None:
             self._delivery_failures.append(error)
+        if not self._unsettled and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
 
     async def _reachable(self, service: str, topic: str, deadline: float) -> None:
         """Fail fast, as HTTP would: the service must exist and (for a service, not a
         shared topic) have a live instance. See ``client/lookup.py``."""
+        if self.lookup.reachable(service, topic):
+            return
         await self.lookup.require_topic(topic)
         if "." not in service:
             await self.lookup.require_live(service, deadline)
@@ -748,52 +817,6 @@ async def _next_before(waiter: ReplyWaiter, deadline: float) -> Reply | None:
         return await waiter.next(deadline)
     except ReplyTimeout:
         return None
-
-
-_JSON_CONTENT_TYPE = (b"content-type", b"application/json")
-
-
-def _user_headers(headers: Headers | None, *, json_body: bool) -> list[tuple[bytes, bytes]]:
-    """The call's headers as raw pairs; a JSON body adds its content type unless given."""
-    if headers is None:
-        return [_JSON_CONTENT_TYPE] if json_body else []
-    if headers.__class__ is dict:
-        # The common case, a dict of ASCII strings: the pairs httpx would make, without it.
-        try:
-            pairs = [(k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()]
-        except (AttributeError, UnicodeEncodeError):
-            pass  # bytes, numbers or non-ASCII: httpx's rules below
-        else:
-            if json_body and not any(name.lower() == b"content-type" for name, _ in pairs):
-                pairs.append(_JSON_CONTENT_TYPE)
-            return pairs
-    parsed = httpx.Headers(headers)
-    if json_body and "content-type" not in parsed:
-        parsed["content-type"] = "application/json"
-    return list(parsed.raw)
-
-
-def _body(content: bytes | str | None, json: Any) -> bytes:
-    if content is not None and json is not None:
-        raise ValueError("give content or json, not both")
-    if json is not None:
-        return jsonlib.dumps(json, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    if isinstance(content, str):
-        return content.encode("utf-8")
-    return bytes(content or b"")
-
-
-def _target(path: str, params: Params | None) -> str:
-    """The origin-form target: the path, percent-encoded as needed, and the query."""
-    if not path.startswith("/"):
-        raise ValueError(f"path {path[:60]!r} must start with '/'")
-    if params is None and _SAFE_TARGET.fullmatch(path):
-        return path  # nothing to encode: the common case, without parsing a URL
-    # Under a scheme and host, so that a path starting with "//" stays a path.
-    url = httpx.URL(_TARGET_BASE + path)
-    if params is not None:
-        url = url.copy_merge_params(params)
-    return url.raw_path.decode("ascii")
 
 
 def _url(service: str, request: Request) -> str:

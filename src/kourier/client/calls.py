@@ -36,6 +36,44 @@ class Call:
             self._span.set_status_code(status)
 
 
+class _Unobserved:
+    """The stand-in for ``ObservedCall`` when there is neither a span nor metrics to feed:
+    one shared object, so an unobserved call allocates nothing here."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> Call:
+        return _UNOBSERVED_CALL
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+
+#: Shared by every unobserved call: its span is the no-op one, and its status is never read.
+_UNOBSERVED_CALL = Call(_NO_SPAN)
+UNOBSERVED = _Unobserved()
+
+
+def observe(
+    metrics: ClientMetrics | None,
+    service: str,
+    method: str,
+    path: str,
+    topic: str,
+    *,
+    one_way: bool = False,
+) -> AbstractContextManager[Call]:
+    """The span and metrics of one call, or ``UNOBSERVED`` when nothing would record them."""
+    if metrics is None and not tracing_enabled():
+        return UNOBSERVED
+    return ObservedCall(metrics, service, method, path, topic, one_way=one_way)
+
+
 class ObservedCall:
     """The span and the metrics of one call, around the block that makes it.
 

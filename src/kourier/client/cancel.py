@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from types import TracebackType
 
 from kourier import protocol
 from kourier.errors import KourierError, ReplyTimeout
@@ -66,28 +66,12 @@ class CancelSender:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    @contextmanager
     def guard(
         self, service: str, request_id: str, *, unfinished: Callable[[], bool] | None = None
-    ) -> Iterator[None]:
+    ) -> CancelGuard:
         """Send a cancel if the block ends by the call's timeout or cancellation; with
         ``unfinished``, also on any other exit while it says the reply has not ended."""
-        reason = CLOSED
-        try:
-            yield
-        except ReplyTimeout:
-            reason = TIMEOUT
-            if unfinished is None:
-                self.send(service, request_id, reason)
-            raise
-        except asyncio.CancelledError:
-            reason = CANCELLED
-            if unfinished is None:
-                self.send(service, request_id, reason)
-            raise
-        finally:
-            if unfinished is not None and unfinished():
-                self.send(service, request_id, reason)
+        return CancelGuard(self, service, request_id, unfinished)
 
     async def stop(self) -> None:
         """Give the cancels still being sent up to ``STOP_WAIT`` seconds, then drop them."""
@@ -132,3 +116,41 @@ class CancelSender:
             return True
         self._missing[topic] = time.monotonic()
         return False
+
+
+class CancelGuard:
+    """``CancelSender.guard``'s block: a class, not a generator, as every call enters one."""
+
+    __slots__ = ("_request_id", "_sender", "_service", "_unfinished")
+
+    def __init__(
+        self,
+        sender: CancelSender,
+        service: str,
+        request_id: str,
+        unfinished: Callable[[], bool] | None,
+    ) -> None:
+        self._sender = sender
+        self._service = service
+        self._request_id = request_id
+        self._unfinished = unfinished
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        reason = CLOSED
+        if exc_type is not None and issubclass(exc_type, ReplyTimeout):
+            reason = TIMEOUT
+        elif exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
+            reason = CANCELLED
+        if self._unfinished is None:
+            if reason is not CLOSED:
+                self._sender.send(self._service, self._request_id, reason)
+        elif self._unfinished():
+            self._sender.send(self._service, self._request_id, reason)

@@ -49,6 +49,15 @@ class ServiceLookup:
     async def stop(self) -> None:
         await self.directory.stop()
 
+    def knows(self, topic: str) -> bool:
+        """True if ``topic`` was found before: ``require_topic`` would pass at once."""
+        return topic in self._known_topics
+
+    def reachable(self, service: str, topic: str) -> bool:
+        """True if both checks are known to pass without a wait: the topic was found
+        and (for a service) an instance is live. False means: run them."""
+        return topic in self._known_topics and ("." in service or self.directory.has_live(service))
+
     async def require_topic(self, topic: str) -> None:
         """``ServiceNotFound`` unless ``topic`` (a service's request topic, or a shared
         topic) exists."""

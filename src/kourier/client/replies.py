@@ -74,6 +74,11 @@ class ReplyOrder:
             self.next_seq += 1
         return reply
 
+    def put_back(self, reply: Reply) -> None:
+        """Undo the ``pop`` that took ``reply``: nobody received it after all."""
+        self.next_seq = reply.seq
+        self._buffer[reply.seq] = reply
+
     @property
     def done(self) -> bool:
         return self.end_seq is not None and self.next_seq > self.end_seq
@@ -90,6 +95,11 @@ class ReplyWaiter:
     followed; items from any other are dropped. In gather mode each responder (the
     ``kourier-from`` header) has its own order; a reply without that header counts as
     a responder of its own when it is a complete single item.
+
+    Delivery is pushed: while the call waits in ``next``, the inbox's reader hands the
+    next item in order straight to the future the call awaits (one wake-up, no event to
+    re-check and nothing to fetch after it); items that come while nobody waits stay in
+    the order's buffer for the next ``next``.
     """
 
     def __init__(self, inbox: ReplyInbox, request_id: str, *, gather: bool) -> None:
@@ -98,7 +108,9 @@ class ReplyWaiter:
         self._gather = gather
         self._orders: dict[str | None, ReplyOrder] = {}
         self._anonymous = count()
-        self._changed = asyncio.Event()
+        #: What the call awaits while it waits: the next item in order (single mode),
+        #: or None for "look again" (gather mode, a failure, a broken reply).
+        self._waiting: asyncio.Future[Reply | None] | None = None
         self._failure: KourierError | None = None
         self.closed = False
 
@@ -106,14 +118,25 @@ class ReplyWaiter:
         responder = reply.responder
         if self._gather and responder is None and reply.seq == 0 and reply.end:
             responder = f"#{next(self._anonymous)}"
-        if not self._gather and self._orders and responder not in self._orders:
+        orders = self._orders
+        if not self._gather and orders and responder not in orders:
             logger.debug("dropped a reply to %s from a second responder", self.request_id)
             return
-        order = self._orders.setdefault(responder, ReplyOrder())
-        if order.add(reply):
-            self._changed.set()
-        else:
+        order = orders.get(responder)
+        if order is None:
+            order = orders[responder] = ReplyOrder()
+        if not order.add(reply):
             logger.debug("dropped duplicate reply item %s of %s", reply.seq, self.request_id)
+            return
+        waiting = self._waiting
+        if waiting is None or waiting.done():
+            return
+        if self._gather:
+            waiting.set_result(None)
+        elif (item := order.pop()) is not None:
+            waiting.set_result(item)
+        elif order.broken:
+            waiting.set_result(None)  # ``next`` raises StreamBroken when it looks again
 
     def restart(self) -> None:
         """Forget the items taken so far: a retry's reply starts again at seq 0.
@@ -125,7 +148,9 @@ class ReplyWaiter:
 
     def fail(self, error: KourierError) -> None:
         self._failure = error
-        self._changed.set()
+        waiting = self._waiting
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
 
     async def next(self, deadline: float | None = None) -> Reply:
         """The next reply item in order; ``ReplyTimeout`` if none before ``deadline``.
@@ -134,7 +159,6 @@ class ReplyWaiter:
         a timer of its own, for a caller that bounds the whole call itself.
         """
         while True:
-            self._changed.clear()
             if self._failure is not None:
                 raise self._failure
             order = next(iter(self._orders.values()), None)
@@ -147,7 +171,9 @@ class ReplyWaiter:
                         f"reply to {self.request_id} ended at item {order.end_seq} "
                         f"but item {order.next_seq} never came"
                     )
-            await self._wait(deadline)
+            pushed = await self._wait(deadline)
+            if pushed is not None:
+                return pushed
 
     async def gather(self, limit: int | None, deadline: float) -> list[list[Reply]]:
         """Complete replies of different responders, until ``limit`` of them or the deadline.
@@ -158,7 +184,6 @@ class ReplyWaiter:
         finished: set[str | None] = set()
         complete: list[list[Reply]] = []
         while True:
-            self._changed.clear()
             if self._failure is not None:
                 raise self._failure
             for responder, order in self._orders.items():
@@ -180,16 +205,35 @@ class ReplyWaiter:
             except ReplyTimeout:
                 return complete
 
-    async def _wait(self, deadline: float | None) -> None:
-        if deadline is None:
-            await self._changed.wait()
-            return
-        # timeout_at, not wait_for: on 3.11 wait_for can swallow a cancellation of the call.
+    async def _wait(self, deadline: float | None) -> Reply | None:
+        """Wait for the reader's next hand-over: an item (single mode) or None (look again).
+
+        The deadline is a timer that fails the awaited future, not a timeout scope around
+        the await: a cancellation of the call still reaches it as CancelledError.
+        """
+        loop = asyncio.get_running_loop()
+        waiting: asyncio.Future[Reply | None] = loop.create_future()
+        self._waiting = waiting
+        timer = None if deadline is None else loop.call_at(deadline, self._expire, waiting)
         try:
-            async with asyncio.timeout_at(deadline):
-                await self._changed.wait()
-        except TimeoutError:
-            raise ReplyTimeout(f"no reply to {self.request_id} in time") from None
+            return await waiting
+        except BaseException:
+            # Cancelled after the reader had already handed an item over: keep it for
+            # the next ``next``, or it would be lost without a trace.
+            if waiting.done() and not waiting.cancelled() and waiting.exception() is None:
+                item = waiting.result()
+                order = None if item is None else self._orders.get(item.responder)
+                if item is not None and order is not None:
+                    order.put_back(item)
+            raise
+        finally:
+            self._waiting = None
+            if timer is not None:
+                timer.cancel()
+
+    def _expire(self, waiting: asyncio.Future[Reply | None]) -> None:
+        if not waiting.done():
+            waiting.set_exception(ReplyTimeout(f"no reply to {self.request_id} in time"))
 
     def close(self) -> None:
         """Forget the request id: replies that still come are dropped."""

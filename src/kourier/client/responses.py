@@ -121,7 +121,8 @@ class ReplyStream:
         assert first.status is not None  # decode_reply guarantees it for item 0
         self.request_id = waiter.request_id
         self.status_code = first.status
-        self.headers = httpx.Headers(first.headers)
+        # Raw pairs become httpx.Headers when first read, as in ``Response``.
+        self._headers: httpx.Headers | None = None
         self.error_id = first.error_id
         self._waiter = waiter
         self._first = first
@@ -131,6 +132,34 @@ class ReplyStream:
         self._call = call  # (service, method, path): named if an item times out
         #: True once the service's end marker has been read: the whole reply is in.
         self.finished = first.end
+
+    @property
+    def headers(self) -> httpx.Headers:
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = httpx.Headers(self._first.headers)
+        return headers
+
+    @property
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers as the service sent them, name and value pairs."""
+        return self._first.headers
+
+    def whole(self) -> bytes | None:
+        """The body, if the whole reply came in item 0 and nothing has been read yet.
+
+        Takes the reply as read and stops listening. None when there is more to read (or
+        the end marker reports a failure): then iterate as usual.
+        """
+        first = self._first
+        if not first.end or self._pending is not first:
+            return None
+        if first.error_id is not None and self.status_code < 500:
+            return None  # reading it raises StreamBroken (``check_complete``)
+        self._pending = None
+        self._ended = True
+        self._waiter.close()
+        return first.body
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while (item := await self._next_item()) is not None:

@@ -25,12 +25,12 @@ hooks run as for any of its calls.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
 
 from kourier.client.caller import Client
+from kourier.client.cancel import CLOSED
 from kourier.client.responses import ReplyStream
 from kourier.errors import (
     BrokerError,
@@ -55,40 +55,69 @@ class KourierTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         options: dict[str, Any] = request.extensions.get("kourier") or {}
         timeout = (request.extensions.get("timeout") or {}).get("read")
-        headers = request.headers.raw
+        client = self.client
+        url = request.url
+        service = url.host
         body = await request.aread()
-        calls = AsyncExitStack()
         try:
-            reply = await calls.enter_async_context(
-                self.client.stream(
-                    request.url.host,
-                    request.method,
-                    request.url.raw_path.decode("ascii"),
-                    headers=headers,
-                    content=body,
-                    timeout=timeout,
-                    key=options.get("key"),
-                    request_id=options.get("request_id"),
-                    retry=options.get("retry"),
-                    scheme=request.url.scheme,
-                )
+            reply = await client._open_stream(
+                service,
+                request.method,
+                url.raw_path.decode("ascii"),
+                headers=request.headers.raw,
+                content=body,
+                json=None,
+                params=None,
+                timeout=timeout,
+                key=options.get("key"),
+                request_id=options.get("request_id"),
+                retry=options.get("retry"),
+                scheme=url.scheme,
             )
         except KourierError as exc:
             raise as_httpx_error(exc, request) from exc
+        if client.hooks.has("response"):
+            try:
+                await client.hooks.emit("response", reply)
+            except BaseException as exc:
+                await end_call(client, service, reply)
+                if isinstance(exc, KourierError):
+                    raise as_httpx_error(exc, request) from exc
+                raise
+        extensions = {"kourier": {"request_id": reply.request_id, "error_id": reply.error_id}}
+        whole = reply.whole()
+        if whole is not None:
+            # The whole reply came in one record (most do): a plain body, no call to end.
+            stream: httpx.AsyncByteStream = WholeBody(whole)
+        else:
+            stream = ReplyBody(reply, client, service, request)
         return httpx.Response(
-            reply.status_code,
-            headers=reply.headers.raw,
-            stream=ReplyBody(reply, calls, request),
-            extensions={"kourier": {"request_id": reply.request_id, "error_id": reply.error_id}},
+            reply.status_code, headers=reply.raw_headers, stream=stream, extensions=extensions
         )
+
+
+class WholeBody(httpx.AsyncByteStream):
+    """A response body that arrived whole: one chunk, nothing to close."""
+
+    __slots__ = ("_body",)
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._body:
+            yield self._body
 
 
 class ReplyBody(httpx.AsyncByteStream):
     """The response body: reply items as they arrive; closing it ends the call."""
 
-    def __init__(self, reply: ReplyStream, call: AsyncExitStack, request: httpx.Request) -> None:
+    def __init__(
+        self, reply: ReplyStream, client: Client, service: str, request: httpx.Request
+    ) -> None:
         self._reply = reply
-        self._call = call
+        self._client = client
+        self._service = service
         self._request = request
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -99,7 +128,15 @@ class ReplyBody(httpx.AsyncByteStream):
             raise as_httpx_error(exc, self._request) from exc
 
     async def aclose(self) -> None:
-        await self._call.aclose()
+        await end_call(self._client, self._service, self._reply)
+
+
+async def end_call(client: Client, service: str, reply: ReplyStream) -> None:
+    """Stop listening; if the service may still be sending, tell it to stop (a cancel),
+    as ``Client.stream`` does when its block ends early."""
+    if reply.unfinished():
+        client.cancels.send(service, reply.request_id, CLOSED)
+    await reply.aclose()
 
 
 def as_httpx_error(error: KourierError, request: httpx.Request) -> Exception:

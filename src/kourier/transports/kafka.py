@@ -199,7 +199,9 @@ class KafkaTransport(Transport):
         partition: int | None = None,
     ) -> Awaitable[None]:
         producer = self._running_producer()
-        await self._check_destination(producer, topic, partition)
+        known = producer.client.cluster.partitions_for_topic(topic)
+        if known is None or (partition is not None and partition not in known):
+            await self._check_destination(producer, topic, partition)
         if headers.__class__ is not list:
             headers = list(headers)
         try:
