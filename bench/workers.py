@@ -4,9 +4,10 @@ python -m bench.workers --bootstrap 127.0.0.1:9092 [--reps 3] [--seconds 5] [--e
 
 Each session starts ``kourier run <app> --service bench --workers N --health-port P`` on
 fresh topics whose requests topic has 2 partitions (kourier's other settings are its
-defaults, the reply topic has 1 partition as in ``bench.run``), waits until all N
-workers logged ``ready: service`` (each has its share of the partitions), and measures,
-from one ``kourier.Client`` in this process:
+defaults, the reply topic has 1 partition as in ``bench.run``), waits until every
+worker's ``/readyz`` answers (the first ``ready: service`` line is one worker's, and the
+group rebalances when the next joins), and measures, after 2 s of untimed calls, from
+one ``kourier.Client`` in this process:
 
 * two-way ``POST /echo`` with 64 calls in flight, keyless (the Kafka client picks a
   partition per record) and keyed (each of the 64 callers its own key, so the keys
@@ -15,7 +16,9 @@ from one ``kourier.Client`` in this process:
   workers' ``/metrics`` count every one handled;
 * the CPU time per call or message of each process: this caller, the workers (summed
   and each) and, when it can be found, the broker (``--broker-pid``, else the process
-  listening on the bootstrap port); and each worker's share of the calls.
+  listening on the bootstrap port; less its CPU per second while the session was idle,
+  since it serves other clients too), and the cores each was busy; and each worker's
+  share of the calls.
 
 1 and 2 workers alternate within a repetition (the order flips every repetition) and
 the table has medians. ``--pin`` places the processes on CPUs (Linux affinity, this
@@ -168,7 +171,7 @@ def _is_free(port: int) -> bool:
 
 
 def child_pids(pid: int) -> list[int]:
-    """The direct children of ``pid``, oldest first (the workers of ``--workers N``)."""
+    """The direct children of ``pid`` in pid order (the workers of ``--workers N``)."""
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         found += [int(c) for c in (task / "children").read_text().split()]
@@ -195,10 +198,6 @@ def place(layout: str, workers: list[int]) -> None:
         pin(os.getpid(), {cpus[-1]})
         for index, pid in enumerate(workers):
             pin(pid, {cpus[index % len(cpus)]})
-
-
-def unpin() -> None:
-    pin(os.getpid(), set(range(os.cpu_count() or 1)))
 
 
 async def handled(ports: Sequence[int], status: int) -> list[int]:
@@ -330,6 +329,7 @@ async def measure(
         ports,
     ):
         pids = [service.pid] if workers == 1 else child_pids(service.pid)
+        own_cpus = os.sched_getaffinity(0)
         place(pin_layout, pids)
         procs = Processes(pids, broker_pid)
         try:
@@ -367,7 +367,7 @@ async def measure(
                     figures.shares[scenario] = _shares(before_counts, after_counts)
                 await _one_way(client, ports, procs, events, figures)
         finally:
-            unpin()
+            pin(os.getpid(), own_cpus)
     return figures
 
 

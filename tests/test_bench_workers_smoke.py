@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
-from bench.workers import SCENARIOS, measure, table
+from bench.workers import SCENARIOS, measure, pin, place, table
 
 from tests.conftest import kafka_bootstrap
 
-pytestmark = [pytest.mark.kafka, pytest.mark.e2e, pytest.mark.timeout(240)]
 
-
+@pytest.mark.kafka
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
 async def test_the_workers_bench_measures_one_and_two_workers() -> None:
     """One and two workers each give positive rates and CPU times for every scenario,
     both workers of two handle a share of every scenario, and the table compares them."""
@@ -26,3 +31,23 @@ async def test_the_workers_bench_measures_one_and_two_workers() -> None:
         assert 0 < figures.latency_ms["keyless"][0] <= figures.latency_ms["keyless"][1]
     text = table(rows)
     assert "| bare | none | 2 | keyless |" in text and "x |" in text
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="pinning needs Linux CPU affinity and 2 CPUs",
+)
+def test_pinning_apart_puts_the_caller_and_the_service_on_different_cpus() -> None:
+    """--pin apart puts this process on the first CPU and a worker on the second."""
+    own = os.sched_getaffinity(0)
+    cpus = sorted(own)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        place("apart", [child.pid])
+        assert os.sched_getaffinity(0) == {cpus[0]}
+        assert os.sched_getaffinity(child.pid) == {cpus[1]}
+    finally:
+        pin(os.getpid(), own)
+        child.kill()
+        child.wait()
+    assert os.sched_getaffinity(0) == own
