@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 
 import pytest
 
 from kourier import __version__
 from kourier.cli import accept_global_options_after_commands, build_parser
 from kourier.cli.admin import BODY_PREVIEW, _body_text
-from kourier.cli.run import _without_options
+from kourier.cli.run import _without_options, crowded_cores
 
 
 def test_version_prints_the_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -108,3 +111,41 @@ def test_a_command_with_its_own_debug_option_keeps_it() -> None:
     args = parser.parse_args(["own", "--debug", "3", "inner", "--bootstrap-servers", "b:1"])
     assert (args.debug, args.bootstrap_servers) == (3, "b:1")
     assert "--log-level" in nested._option_string_actions
+
+
+def test_more_workers_than_cpus_is_named_a_waste() -> None:
+    """--workers beyond the usable CPUs gets a reason and a count to use; up to them, none."""
+    assert crowded_cores(2, 2) is None and crowded_cores(1, 1) is None
+    warning = crowded_cores(3, 2)
+    assert warning is not None
+    assert warning.startswith("--workers 3 on 2 CPUs:") and "use --workers 2 or fewer" in warning
+    assert "on 1 CPU:" in (crowded_cores(2, 1) or "")
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity"), reason="CPU affinity is a Linux interface"
+)
+def test_usable_cpus_follow_the_process_affinity() -> None:
+    """A process limited to one CPU (as taskset or a container limits it) counts one."""
+    code = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+        "from kourier.cli.run import usable_cpus; print(usable_cpus())"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "1", result.stderr
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity"), reason="CPU affinity is a Linux interface"
+)
+def test_workers_beyond_the_cpus_are_warned_about_before_they_start() -> None:
+    """`kourier run --workers 2` limited to one CPU logs the waste before starting workers."""
+    result = subprocess.run(
+        [sys.executable, "-m", "kourier", "run", "tests.no_such_module:app", "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}),
+    )
+    assert "WARNING" in result.stderr and "--workers 2 on 1 CPU:" in result.stderr
+    assert result.returncode != 0  # the workers could not import the app

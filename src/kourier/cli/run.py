@@ -144,10 +144,14 @@ def _run_workers(args: argparse.Namespace) -> int:
     """Run N worker processes of the same service; forward signals; wait for all.
 
     Each worker is a member of the service's consumer group. With a health port P,
-    worker i serves its probes on P + i.
+    worker i serves its probes on P + i - 1. More workers than usable CPUs are started
+    as asked, after a warning that says why they add nothing.
     """
     if args.http is not None:
         raise CLIError("--http with --workers: run one worker per HTTP port", EXIT_USAGE)
+    crowded = crowded_cores(args.workers, usable_cpus())
+    if crowded:
+        logging.getLogger("kourier").warning("%s", crowded)
     argv = _without_options(sys.argv[1:], ("--workers", "--health-port", "--worker-index"))
     health = args.health_port
     if health is None and os.environ.get("KOURIER_HEALTH_PORT"):
@@ -169,6 +173,30 @@ def _run_workers(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, forward)
     codes = [child.wait() for child in children]
     return max(codes, key=abs)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which containers and taskset set)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def crowded_cores(workers: int, cpus: int) -> str | None:
+    """Why ``workers`` workers on ``cpus`` CPUs is a waste, or None when it is not.
+
+    A worker is one Python process: one core at most. Workers beyond the cores share
+    them, and each then handles smaller batches per wake-up and evicts the others' code
+    from the caches, so every request costs more CPU and the rate does not rise
+    (docs/design.md, "Workers, cores and partitions").
+    """
+    if workers <= cpus:
+        return None
+    return (
+        f"--workers {workers} on {cpus} CPU{'s' if cpus != 1 else ''}: workers beyond the "
+        "CPUs share cores, which costs CPU per request and adds no throughput; "
+        f"use --workers {cpus} or fewer"
+    )
 
 
 def _without_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
@@ -216,7 +244,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=positive_int,
         default=1,
         metavar="N",
-        help="run N processes of the service (each a member of its consumer group)",
+        help="run N processes of the service (each a member of its consumer group; "
+        "more than the CPUs or, in ordered mode, the partitions add no throughput)",
     )
     parser.add_argument(
         "--health-port",
