@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -307,3 +308,48 @@ def test_hooks_reach_every_worker_and_see_a_request_through(
     assert {pid for pid, *_ in events("stop")} == starts
     lines = log.read_text().splitlines()
     assert all(line.split(" ")[1] == "stop" for line in lines[-2:]), "stop comes last"
+
+
+def test_a_worker_that_dies_stops_the_others_with_its_code(env: dict[str, str]) -> None:
+    """With `--workers 2`, a worker killed outright makes the run log which worker ended
+    and how, stop the other worker, and exit as a shell reports a SIGKILL (137)."""
+    port = free_port()
+    while True:  # two consecutive free ports
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+                break
+            except OSError:
+                port = free_port()
+    run = ["run", "tests.e2e.app:app", "--service", "dying-worker", "--workers", "2"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kourier", *run, "--health-port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for health in (port, port + 1):
+            deadline = time.monotonic() + 60
+            while True:
+                assert time.monotonic() < deadline, f"no worker ready on port {health}"
+                assert process.poll() is None, process.communicate()[1][-2000:]
+                try:
+                    if httpx.get(f"http://127.0.0.1:{health}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        assert len(children) == 2, children
+        os.kill(int(children[1]), signal.SIGKILL)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 128 + signal.SIGKILL, stderr[-2000:]
+    assert "worker 2 of 2 was killed by SIGKILL without being asked to stop" in stderr
+    assert all(not Path(f"/proc/{pid}").exists() for pid in children)

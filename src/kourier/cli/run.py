@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kourier.cli import reload
@@ -164,15 +164,62 @@ def _run_workers(args: argparse.Namespace) -> int:
             extra += ["--health-port", str(health + index)]
         children.append(subprocess.Popen([sys.executable, "-m", "kourier", *argv, *extra], env=env))
 
+    stopping = False
+
     def forward(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    codes = [child.wait() for child in children]
-    return max(codes, key=abs)
+    return _supervise(children, lambda: stopping)
+
+
+def _supervise(children: list[subprocess.Popen[bytes]], stopping: Callable[[], bool]) -> int:
+    """Wait for the workers; the first to end unasked stops the rest.
+
+    A worker that dies (a dead task exits 1, an OOM kill, a crash) would otherwise leave
+    the service at part of its strength with nothing said, and only the dead worker's own
+    probe port turning red. Like one process whose task died, the whole run ends instead,
+    with the worker's exit code (128 + n for signal n), so its supervisor (Kubernetes,
+    systemd) restarts it.
+    """
+    log = logging.getLogger("kourier")
+    codes: dict[int, int] = {}
+    while len(codes) < len(children):
+        pid, status = os.wait()
+        index = next((i for i, c in enumerate(children) if c.pid == pid), None)
+        if index is None:
+            continue  # not a worker of ours
+        code = os.waitstatus_to_exitcode(status)
+        children[index].returncode = code
+        codes[index] = code
+        if stopping():
+            continue
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited {code}"
+        log.error(
+            "worker %d of %d %s without being asked to stop: stopping the other workers "
+            "(they drain first) so that the whole service is restarted",
+            index + 1,
+            len(children),
+            how,
+        )
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        # As a shell reports a process a signal killed (128 + n); an unasked clean exit
+        # is still a failure of the run.
+        first = 128 - code if code < 0 else code or 1
+        codes = {index: first}
+        for other, child in enumerate(children):
+            if other != index:
+                child.wait()
+                codes[other] = child.returncode
+        return first
+    return max(codes.values(), key=abs)
 
 
 def usable_cpus() -> int:
