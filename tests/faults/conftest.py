@@ -44,11 +44,10 @@ def make_env(tmp_path: Path) -> MakeEnv:
     return make
 
 
-@pytest.fixture
-def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
-    """A started single-node broker of this test's own; stopped afterwards, whatever
-    happened. A test that wants three nodes uses ``private_cluster``. Like every Kafka
-    test it is skipped outside CI when no broker is named (``kafka_bootstrap``)."""
+@pytest.fixture(scope="package")
+def _single_node_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
+    """One single-node private broker for the fault tests that kill the only node:
+    started once (a start takes 5 to 15 s), stopped after the last fault test."""
     kafka_bootstrap()
     broker = PrivateBroker(tmp_path_factory.mktemp("kafka"), nodes=1)
     try:
@@ -56,6 +55,17 @@ def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Private
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def private_broker(_single_node_broker: PrivateBroker) -> PrivateBroker:
+    """A running single-node broker that is not the shared one, for a test to kill and
+    restart. The tests take turns on one (each uses topics and groups of its own, and
+    restarts the node it killed); a node a failed test left down is started again first.
+    A test that wants three nodes uses ``private_cluster``. Like every Kafka test it is
+    skipped outside CI when no broker is named (``kafka_bootstrap``)."""
+    _single_node_broker.restore()
+    return _single_node_broker
 
 
 @pytest.fixture

@@ -80,6 +80,8 @@ class PrivateBroker:
         }
         self.env["KOURIER_KAFKA_DIR"] = str(folder)
         self.started = False
+        #: Nodes killed and not started again (a test that failed mid-outage leaves some).
+        self.down: set[int] = set()
 
     def _script(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -108,6 +110,7 @@ class PrivateBroker:
         return time.monotonic() - began
 
     def kill_node(self, node: int) -> None:
+        self.down.add(node)
         result = self._script("kill-node", str(node), timeout=60)
         assert result.returncode == 0, result.stderr
 
@@ -116,7 +119,13 @@ class PrivateBroker:
         began = time.monotonic()
         result = self._script("start-node", str(node))
         assert result.returncode == 0, result.stderr[-3000:]
+        self.down.discard(node)
         return time.monotonic() - began
+
+    def restore(self) -> None:
+        """Start again every node a test killed and left down."""
+        for node in sorted(self.down):
+            self.start_node(node)
 
     def stop(self) -> None:
         if not self.started:
