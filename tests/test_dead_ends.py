@@ -21,7 +21,6 @@ from kourier import Client, Service, Settings, protocol
 from kourier.admin import DeadLetter, read_dead_letters, replay
 from kourier.protocol import ReplyAddress, Request
 from kourier.transports.base import TopicSpec, Transport
-from kourier.transports.memory import MemoryTransport
 from tests import apps
 from tests.conftest import TransportFactory
 from tests.rawkafka import RawRecord, RawWriter
@@ -73,9 +72,7 @@ class Parts:
         try:
             deadline = time.monotonic() + timeout
             while True:
-                letters = await read_dead_letters(
-                    transport, self.settings, "orders", idle=read_idle(transport, self.settings)
-                )
+                letters = await read_dead_letters(transport, self.settings, "orders")
                 if len(letters) >= count or time.monotonic() > deadline:
                     return letters
                 await asyncio.sleep(0.2)
@@ -98,17 +95,6 @@ async def parts(settings: Settings, make_transport: TransportFactory) -> AsyncIt
         yield parts
     finally:
         await parts.close()
-
-
-def read_idle(transport: Transport, settings: Settings) -> float:
-    """How long a dead-letter read waits on each partition for a record: it waits that
-    long after the last one too, so it is kept short where the first fetch is quick. An
-    in-memory fetch answers at once; a fresh aiokafka reader's first fetch takes some
-    hundred ms under load, a fresh librdkafka consumer's over a second (a read that comes
-    back short is repeated by ``Parts.dead_letters``)."""
-    if isinstance(transport, MemoryTransport):
-        return 0.1
-    return 2.0 if settings.kafka_client == "confluent" else 1.0
 
 
 def request_record(request: Request, *extra: tuple[bytes, bytes]) -> RawRecord:

@@ -39,22 +39,19 @@ async def test_replay_marks_the_letters_it_replayed(
     """After a replay, listing marks that letter replayed, not the others, and the marker
     record itself is not listed as a letter."""
     transport = make_transport()
-    # A read waits this long on each partition after its last record; an in-memory fetch
-    # answers at once, a Kafka one keeps the tools' default (its first fetch is slower).
-    idle = 0.1 if isinstance(transport, MemoryTransport) else 1.0
     await transport.start()
     try:
         await admin.ensure_topics(transport, settings, "orders")
         await dead_letter(transport, settings, "first")
         await dead_letter(transport, settings, "second")
-        letters = await admin.read_dead_letters(transport, settings, "orders", idle=idle)
+        letters = await admin.read_dead_letters(transport, settings, "orders")
         assert [(lt.header("kourier-id"), lt.replayed) for lt in letters] == [
             ("first", False),
             ("second", False),
         ]
         assert letters[0].record.value == b'{"item": "book"}'
         assert await admin.replay(transport, settings, "orders", letters[:1]) == 1
-        again = await admin.read_dead_letters(transport, settings, "orders", idle=idle)
+        again = await admin.read_dead_letters(transport, settings, "orders")
         assert [(lt.header("kourier-id"), lt.replayed) for lt in again] == [
             ("first", True),
             ("second", False),
@@ -90,6 +87,27 @@ async def test_only_the_process_that_created_a_topic_logs_it(
         for name in record.getMessage().removeprefix("created topics ").split(", ")
     ]
     assert sorted(created) == sorted(spec.name for spec in specs)
+
+
+async def test_a_listing_stops_at_each_partitions_end_without_idling(
+    settings: Settings, make_transport: TransportFactory
+) -> None:
+    """Listing reads every partition up to the end it had when the read began: with an
+    idle wait far longer than the test's bound, it still returns at once, with every letter
+    (empty partitions included)."""
+    transport = make_transport()
+    await transport.start()
+    try:
+        await admin.ensure_topics(transport, settings, "orders")
+        for request_id in ("first", "second"):
+            await dead_letter(transport, settings, request_id)
+        started = asyncio.get_running_loop().time()
+        letters = await admin.read_dead_letters(transport, settings, "orders", idle=300.0)
+        took = asyncio.get_running_loop().time() - started
+        assert [lt.header("kourier-id") for lt in letters] == ["first", "second"]
+        assert took < 30, f"the listing took {took:.1f} s: it waited out its idle time"
+    finally:
+        await transport.stop()
 
 
 async def test_a_replay_that_cannot_be_marked_says_so(caplog: pytest.LogCaptureFixture) -> None:

@@ -103,7 +103,12 @@ class DeadLetter:
 async def read_dead_letters(
     transport: Transport, settings: Settings, service: str, *, idle: float = 1.0
 ) -> list[DeadLetter]:
-    """Every dead letter of ``service`` now in its topic, oldest first per partition."""
+    """Every dead letter of ``service`` now in its topic, oldest first per partition.
+
+    Each partition is read up to its end offset as it was when the read began, so an
+    empty or fully read partition costs no wait; ``idle`` only bounds the wait for a
+    record that does not come (the end of a partition whose last offsets hold no record).
+    """
     topic = settings.dead_letter_topic(service)
     letters: list[DeadLetter] = []
     replayed: set[str] = set()
@@ -111,8 +116,11 @@ async def read_dead_letters(
         reader = transport.partition_reader(topic, partition, from_beginning=True)
         await reader.start()
         try:
-            while batch := await reader.fetch(idle):
+            end = await reader.end_offset()
+            following = 0  # the offset after the last record read
+            while following < end and (batch := await reader.fetch(idle)):
                 for record in batch:
+                    following = record.offset + 1
                     if record.undecodable is not None:
                         logger.warning(
                             "dead letter at %s cannot be read whole: %s",
