@@ -61,10 +61,17 @@ class _Progress:
         self.pending.append(offset)
 
     def finish(self, offset: int) -> None:
-        self.done.add(offset)
-        while self.pending and self.pending[0] in self.done:
-            first = self.pending.popleft()
-            self.done.discard(first)
+        pending = self.pending
+        if not pending or pending[0] != offset:
+            self.done.add(offset)  # an older record is still running: wait for it
+            return
+        # The oldest record finished (records mostly finish in fetch order): no set.
+        pending.popleft()
+        self.committable = offset + 1
+        done = self.done
+        while done and pending and pending[0] in done:
+            first = pending.popleft()
+            done.discard(first)
             self.committable = first + 1
 
     def to_commit(self) -> int | None:
