@@ -268,7 +268,7 @@ class Service:
             self.stats.cancelled += 1
             logger.info("skipped request %s: its caller cancelled it before it came", request.id)
             return
-        if await self._refused(request, record):
+        if not self._refusals.clear_at_once(request) and await self._refused(request, record):
             return
         gate = self._idempotency
         if gate is None:
