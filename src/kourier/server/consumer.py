@@ -95,8 +95,11 @@ class RequestConsumer:
         concurrency: int,
         commit_interval: float,
         drain_timeout: float,
+        inline: Callable[[Record], bool] = lambda record: True,
     ) -> None:
         self._handler = handler
+        #: Which records may start in a shared task (``_launch``); the rest get one each.
+        self._inline = inline
         self._concurrency = concurrency
         self._commit_interval = commit_interval
         self._drain_timeout = drain_timeout
@@ -215,6 +218,9 @@ class RequestConsumer:
             for record in records:
                 if self._accept(record):
                     tp = (record.topic, record.partition)
+                    if not self._inline(record):
+                        self._launch_alone(tp, record)
+                        continue
                     startable = ready.get(tp)
                     if startable is None:
                         ready[tp] = [record]
@@ -287,6 +293,11 @@ class RequestConsumer:
         for record in records:
             running[id(record)] = runs
 
+    def _launch_alone(self, tp: TopicPartition, record: Record) -> None:
+        """Start one record in a task of its own."""
+        task = asyncio.create_task(self._run(tp, record))
+        self._running.setdefault(tp, {})[id(record)] = task
+
     async def _run(self, tp: TopicPartition, record: Record) -> None:
         done = True
         try:
@@ -321,7 +332,7 @@ class RequestConsumer:
         elif queue:
             nxt = queue.popleft()
             if progress is not None:
-                self._launch(tp, [nxt])
+                self._launch_alone(tp, nxt)
             else:
                 self._held -= 1  # partition revoked: drop; it will be redelivered
         else:

@@ -1,4 +1,4 @@
-"""Run a fetch's records in one task, each in its own context, as long as none waits.
+"""Run many records in one task, each in its own context, as long as none of them waits.
 
 Most one-way handlers finish without ever waiting (nothing to publish, nothing to
 await that is not ready), so a task per record (created, scheduled, run, finished) was a

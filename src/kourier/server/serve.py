@@ -205,6 +205,10 @@ class Service:
             concurrency=s.concurrency,
             commit_interval=s.commit_interval,
             drain_timeout=s.drain_timeout,
+            # One-way messages share a task while their handlers do not wait (most never
+            # do); two-way requests, which always wait for their replies' acks, get one
+            # each, so a fetch's replies are all queued before the producer sends them.
+            inline=lambda record: protocol.record_type(record.headers) == protocol.TYPE_MESSAGE,
         )
 
     async def stop(self) -> None:
