@@ -25,6 +25,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import IO
 
+from kourier.ops.batched_log import BatchedStreamHandler
+
 request_id_var: ContextVar[str | None] = ContextVar("kourier_request_id", default=None)
 service_var: ContextVar[str | None] = ContextVar("kourier_service", default=None)
 parent_id_var: ContextVar[str | None] = ContextVar("kourier_parent_id", default=None)
@@ -172,6 +174,7 @@ def configure_logging(
     fmt: str | None = None,
     stream: IO[str] | None = None,
     worker: int | None = None,
+    batched: bool = False,
 ) -> logging.Handler:
     """Log to ``stream`` (stderr) through the root logger, as text or JSON.
 
@@ -179,12 +182,15 @@ def configure_logging(
     if unset). ``worker`` (set in each worker of ``kourier run --workers N``) adds
     ``[worker N]`` to text lines and a ``worker`` field to JSON ones. Calling it again
     replaces the handler it installed before. Returns the handler, so that a caller (or
-    a test) can remove it.
+    a test) can remove it. ``batched`` (``kourier run``) writes lines below WARNING in
+    batches, at most 50 ms late (``ops/batched_log.py``: the access log's line per
+    request).
     """
     chosen = (fmt or os.environ.get("KOURIER_LOG_FORMAT") or "text").strip().lower()
     if chosen not in FORMATS:
         raise ValueError(f"log format {chosen!r}: choose from {', '.join(FORMATS)}")
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    out = stream if stream is not None else sys.stderr
+    handler = BatchedStreamHandler(out) if batched else logging.StreamHandler(out)
     handler.addFilter(RequestContextFilter(service, worker))
     text = TEXT_FORMAT if worker is None else WORKER_TEXT_FORMAT
     handler.setFormatter(JsonFormatter() if chosen == "json" else TextFormatter(text))
