@@ -37,7 +37,7 @@ from typing import Any
 
 from bench.common import Bench, cpu_seconds
 
-BOOTSTRAP = "127.0.0.1:29092"
+BOOTSTRAP = "127.0.0.1:9092"
 
 
 @dataclasses.dataclass(frozen=True)
