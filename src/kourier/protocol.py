@@ -345,19 +345,14 @@ def decode_request(
     raw_id = _required(own, H_ID)
     if not _ID.match(raw_id):
         raise ProtocolError(f"{H_ID} {raw_id[:40]!r} is not a valid request id")
-    method = _required(own, H_METHOD)
-    if not _TOKEN.match(method):
-        raise ProtocolError(f"{H_METHOD} {method[:40]!r} is not an HTTP method")
+    method_raw = _required(own, H_METHOD)
+    method = _methods.get(method_raw)
+    if method is None:
+        method = _method(method_raw)
     target_raw = _required(own, H_TARGET)
-    if len(target_raw) > MAX_TARGET_LENGTH:
-        raise ProtocolError(f"{H_TARGET} is longer than {MAX_TARGET_LENGTH} bytes")
-    try:
-        target = target_raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ProtocolError(f"{H_TARGET} is not UTF-8") from None
-    # On the bytes: none of these characters can be part of a multi-byte UTF-8 sequence.
-    if not target_raw.startswith(b"/") or _NOT_IN_TARGET.search(target_raw):
-        raise ProtocolError(f"{H_TARGET} {target[:60]!r} is not an origin-form path")
+    target = _targets.get(target_raw)
+    if target is None:
+        target = _target(target_raw)
     reply_to = None
     if kind == TYPE_REQUEST:
         raw_reply_to = _required(own, H_REPLY_TO)
@@ -373,7 +368,7 @@ def decode_request(
         raise ProtocolError(f"{H_PARENT} {parent[:40]!r} is not a valid request id")
     return Request(
         raw_id.decode("ascii"),
-        method.decode("ascii").upper(),
+        method,
         target,
         user,
         value or b"",
@@ -384,6 +379,39 @@ def decode_request(
         _scheme(own),
         None if parent is None else parent.decode("ascii"),
     )
+
+
+#: Methods and targets seen -> checked and decoded: a service sees the same few over and
+#: over, and a look-up replaces the checks (bounded like ``_user_names``).
+_methods: dict[bytes, str] = {}
+_targets: dict[bytes, str] = {}
+_SEEN_MAX = 4096
+
+
+def _method(raw: bytes) -> str:
+    if not _TOKEN.match(raw):
+        raise ProtocolError(f"{H_METHOD} {raw[:40]!r} is not an HTTP method")
+    method = raw.decode("ascii").upper()
+    if len(_methods) >= _SEEN_MAX:
+        _methods.clear()
+    _methods[raw] = method
+    return method
+
+
+def _target(raw: bytes) -> str:
+    if len(raw) > MAX_TARGET_LENGTH:
+        raise ProtocolError(f"{H_TARGET} is longer than {MAX_TARGET_LENGTH} bytes")
+    try:
+        target = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(f"{H_TARGET} is not UTF-8") from None
+    # On the bytes: none of these characters can be part of a multi-byte UTF-8 sequence.
+    if not raw.startswith(b"/") or _NOT_IN_TARGET.search(raw):
+        raise ProtocolError(f"{H_TARGET} {target[:60]!r} is not an origin-form path")
+    if len(_targets) >= _SEEN_MAX:
+        _targets.clear()
+    _targets[raw] = target
+    return target
 
 
 def _scheme(own: dict[str, bytes]) -> str:

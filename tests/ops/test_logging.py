@@ -13,6 +13,7 @@ from kourier.ops.logging import (
     TEXT_FORMAT,
     JsonFormatter,
     RequestContextFilter,
+    TextFormatter,
     TransientKafkaNoise,
     bind_request,
     configure_logging,
@@ -124,3 +125,14 @@ def test_a_nested_request_logs_its_parents_id_too() -> None:
     RequestContextFilter().filter(alone)
     assert text.format(alone) == "[- -] hello"
     assert json.loads(JsonFormatter().format(alone))["parent_id"] is None
+
+
+def test_the_text_format_writes_the_time_as_logging_does() -> None:
+    """TextFormatter keeps the text of the current second, and its lines are the ones
+    logging.Formatter writes, across seconds and within one."""
+    plain, kept = logging.Formatter(TEXT_FORMAT), TextFormatter(TEXT_FORMAT)
+    for created in (1_700_000_000.001, 1_700_000_000.999, 1_700_000_001.5, 1_700_000_000.25):
+        record = logging.LogRecord("kourier.access", logging.INFO, __file__, 1, "line", (), None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        RequestContextFilter("svc").filter(record)
+        assert kept.format(record) == plain.format(record)

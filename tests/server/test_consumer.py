@@ -284,3 +284,36 @@ async def test_a_backlog_starts_in_batches_with_the_loop_run_between() -> None:
     for event in events:
         starts_in_a_row = starts_in_a_row + 1 if event.startswith("start") else 0
         assert starts_in_a_row <= FETCH_BATCH
+
+
+async def test_records_that_do_not_wait_share_a_task_and_the_others_get_their_own() -> None:
+    """Records the inline rule accepts run in one task while none waits; a record it
+    refuses gets a task of its own; all are committed."""
+    broker, transport = await _setup(partitions=1)
+    tasks: dict[bytes, asyncio.Task[object] | None] = {}
+
+    async def handler(record: Record) -> None:
+        assert record.value is not None
+        tasks[record.value] = asyncio.current_task()
+
+    consumer = RequestConsumer(
+        transport,
+        [TOPIC],
+        GROUP,
+        handler,
+        concurrency=8,
+        commit_interval=0.01,
+        drain_timeout=2.0,
+        inline=lambda record: record.value != b"alone",
+    )
+    for value in (b"a", b"b", b"alone", b"c"):
+        await transport.publish(TOPIC, value)
+    await consumer.start()
+    try:
+        await _eventually(lambda: len(tasks) == 4)
+        assert tasks[b"a"] is tasks[b"b"] is tasks[b"c"]
+        assert tasks[b"alone"] is not tasks[b"a"]
+        await _eventually(lambda: broker.committed(GROUP).get((TOPIC, 0)) == 4)
+        assert consumer.in_flight == 0
+    finally:
+        await consumer.stop()

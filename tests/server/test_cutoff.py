@@ -326,3 +326,48 @@ async def test_remembered_cancels_are_bounded(monkeypatch: pytest.MonkeyPatch) -
     for n in range(5):
         running.cancel(f"id-{n}")
     assert [running.was_cancelled(f"id-{n}") for n in range(5)] == [False, False, True, True, True]
+
+
+async def test_one_way_runs_share_one_timer_and_each_is_cut_at_its_own_limit() -> None:
+    """One-way runs started at different times are each cut at their own limit (the
+    shared timer moves on to the next run), a run that ends first is never cut, and no
+    run is left watched."""
+    running = RunningHandlers(message_timeout=0.2)
+    loop = asyncio.get_running_loop()
+    cut_at: dict[str, float] = {}
+
+    async def attempt(name: str, seconds: float) -> None:
+        started = loop.time()
+        try:
+            await running.cutoff(Request(name, "POST", "/")).run(asyncio.sleep(seconds))
+        except HandlerCut as cut:
+            assert cut.reason == "time limit"
+            cut_at[name] = loop.time() - started
+
+    first = asyncio.create_task(attempt("first", 10))
+    quick = asyncio.create_task(attempt("quick", 0.05))
+    await asyncio.sleep(0.1)
+    second = asyncio.create_task(attempt("second", 10))
+    await asyncio.gather(first, quick, second)
+    assert set(cut_at) == {"first", "second"}
+    assert all(0.19 <= took < 0.35 for took in cut_at.values()), cut_at
+    assert len(running.limits) == 0
+
+
+async def test_a_drain_during_a_cut_still_cancels_the_run() -> None:
+    """A run cancelled from outside (a drain) as well as cut ends with CancelledError,
+    not as a cut, as under asyncio.timeout."""
+    running = RunningHandlers(message_timeout=5.0)
+    cutoff = running.cutoff(Request("r-drained", "GET", "/", reply_to=ReplyAddress("r", 0)))
+    started = asyncio.Event()
+
+    async def work() -> None:
+        started.set()
+        await asyncio.sleep(10)
+
+    task = asyncio.create_task(cutoff.run(work()))
+    await started.wait()
+    cutoff.cut()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -127,7 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = args.log_level or ("info" if args.command == "run" else "warning")
     try:
         # Text, or JSON with KOURIER_LOG_FORMAT=json; a --workers worker says which it is.
-        handler = configure_logging(level.upper(), worker=getattr(args, "worker_index", None))
+        handler = configure_logging(
+            level.upper(),
+            worker=getattr(args, "worker_index", None),
+            batched=args.command == "run",  # a service's access log: a line per request
+        )
     except ValueError as exc:
         print(f"kourier: error: KOURIER_LOG_FORMAT: {exc}", file=sys.stderr)
         return EXIT_USAGE

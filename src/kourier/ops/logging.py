@@ -19,10 +19,13 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import IO
+
+from kourier.ops.batched_log import BatchedStreamHandler
 
 request_id_var: ContextVar[str | None] = ContextVar("kourier_request_id", default=None)
 service_var: ContextVar[str | None] = ContextVar("kourier_service", default=None)
@@ -110,6 +113,31 @@ class TransientKafkaNoise(logging.Filter):
         return not any(name in message for name in TRANSIENT_KAFKA_ERRORS)
 
 
+class TextFormatter(logging.Formatter):
+    """``logging.Formatter``, with the date and time formatted once a second, not per line.
+
+    A service that logs a line per request (the access log) formats the time thousands
+    of times a second; the text of the current second is kept. The output is the same.
+    """
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__(fmt)
+        self._second = -1
+        self._second_text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            # Set together under the handler's lock (format runs inside emit).
+            self._second_text = time.strftime(self.default_time_format, self.converter(second))
+            self._second = second
+        if self.default_msec_format:
+            return self.default_msec_format % (self._second_text, record.msecs)
+        return self._second_text
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request_id, service,
     parent_id."""
@@ -146,6 +174,7 @@ def configure_logging(
     fmt: str | None = None,
     stream: IO[str] | None = None,
     worker: int | None = None,
+    batched: bool = False,
 ) -> logging.Handler:
     """Log to ``stream`` (stderr) through the root logger, as text or JSON.
 
@@ -153,15 +182,18 @@ def configure_logging(
     if unset). ``worker`` (set in each worker of ``kourier run --workers N``) adds
     ``[worker N]`` to text lines and a ``worker`` field to JSON ones. Calling it again
     replaces the handler it installed before. Returns the handler, so that a caller (or
-    a test) can remove it.
+    a test) can remove it. ``batched`` (``kourier run``) writes lines below WARNING in
+    batches, at most 50 ms late (``ops/batched_log.py``: the access log's line per
+    request).
     """
     chosen = (fmt or os.environ.get("KOURIER_LOG_FORMAT") or "text").strip().lower()
     if chosen not in FORMATS:
         raise ValueError(f"log format {chosen!r}: choose from {', '.join(FORMATS)}")
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    out = stream if stream is not None else sys.stderr
+    handler = BatchedStreamHandler(out) if batched else logging.StreamHandler(out)
     handler.addFilter(RequestContextFilter(service, worker))
     text = TEXT_FORMAT if worker is None else WORKER_TEXT_FORMAT
-    handler.setFormatter(JsonFormatter() if chosen == "json" else logging.Formatter(text))
+    handler.setFormatter(JsonFormatter() if chosen == "json" else TextFormatter(text))
     handler.set_name("kourier")
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == "kourier"]:

@@ -26,10 +26,12 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 from kourier._aio import DeathWatch, cancel_and_wait
 from kourier.errors import BrokerError
+from kourier.server.inline import InlineRuns
 from kourier.transports.base import GroupConsumer, Record, TopicPartition, Transport
 
 logger = logging.getLogger("kourier.server")
@@ -61,10 +63,17 @@ class _Progress:
         self.pending.append(offset)
 
     def finish(self, offset: int) -> None:
-        self.done.add(offset)
-        while self.pending and self.pending[0] in self.done:
-            first = self.pending.popleft()
-            self.done.discard(first)
+        pending = self.pending
+        if not pending or pending[0] != offset:
+            self.done.add(offset)  # an older record is still running: wait for it
+            return
+        # The oldest record finished (records mostly finish in fetch order): no set.
+        pending.popleft()
+        self.committable = offset + 1
+        done = self.done
+        while done and pending and pending[0] in done:
+            first = pending.popleft()
+            done.discard(first)
             self.committable = first + 1
 
     def to_commit(self) -> int | None:
@@ -86,8 +95,11 @@ class RequestConsumer:
         concurrency: int,
         commit_interval: float,
         drain_timeout: float,
+        inline: Callable[[Record], bool] = lambda record: True,
     ) -> None:
         self._handler = handler
+        #: Which records may start in a shared task (``_launch``); the rest get one each.
+        self._inline = inline
         self._concurrency = concurrency
         self._commit_interval = commit_interval
         self._drain_timeout = drain_timeout
@@ -95,9 +107,10 @@ class RequestConsumer:
             topics, group, on_assigned=self._on_assigned, on_revoked=self._on_revoked
         )
         self._progress: dict[TopicPartition, _Progress] = {}
-        # Handler tasks by partition, keyed by id() of their record: unique while the task
-        # runs (it holds the record), also if a rebalance brings the same offset back.
-        self._running: dict[TopicPartition, dict[int, asyncio.Task[None]]] = {}
+        # What runs each held record, by partition, keyed by id() of the record (unique
+        # while it is held, also if a rebalance brings the same offset back): the task it
+        # waits in, or the InlineRuns whose task will start it.
+        self._running: dict[TopicPartition, dict[int, _Runner]] = {}
         self._key_queues: dict[tuple[TopicPartition, bytes], deque[Record]] = {}
         self._held = 0
         self._paused = False
@@ -201,8 +214,20 @@ class RequestConsumer:
                 continue
             if not self._paused:
                 self.last_progress = time.monotonic()
+            ready: dict[TopicPartition, list[Record]] = {}
             for record in records:
-                self._accept(record)
+                if self._accept(record):
+                    tp = (record.topic, record.partition)
+                    if not self._inline(record):
+                        self._launch_alone(tp, record)
+                        continue
+                    startable = ready.get(tp)
+                    if startable is None:
+                        ready[tp] = [record]
+                    else:
+                        startable.append(record)
+            for tp, startable in ready.items():
+                self._launch(tp, startable)
             if records:
                 # Let what is ready run before starting more. asyncio runs ready callbacks
                 # in order, and the producer's sender, woken by the first reply, queues
@@ -230,11 +255,12 @@ class RequestConsumer:
                 await self._slot_freed.wait()
         return self._held < self._concurrency or self._stopping.is_set()
 
-    def _accept(self, record: Record) -> None:
+    def _accept(self, record: Record) -> bool:
+        """Hold a fetched record; True if it may start now (not behind its key)."""
         tp = (record.topic, record.partition)
         progress = self._progress.get(tp)
         if progress is None:  # a record of a partition we no longer own
-            return
+            return False
         progress.add(record.offset)
         self._held += 1
         self.fetched += 1
@@ -243,11 +269,32 @@ class RequestConsumer:
             queue = self._key_queues.get(chain)
             if queue is not None:
                 queue.append(record)
-                return
+                return False
             self._key_queues[chain] = deque()
-        self._launch(tp, record)
+        return True
 
-    def _launch(self, tp: TopicPartition, record: Record) -> None:
+    def _launch(self, tp: TopicPartition, records: list[Record]) -> None:
+        """Start records of one partition: in one task while their handlers finish
+        without waiting (``server/inline.py``), a task each from the first that waits."""
+
+        def run(record: Record) -> Coroutine[Any, Any, None]:
+            return self._run(tp, record)
+
+        def waiting(record: Record, task: asyncio.Task[None]) -> None:
+            running = self._running.get(tp)
+            if running is not None and id(record) in running:
+                running[id(record)] = task
+
+        def abandoned(record: Record) -> None:
+            self._finish(tp, record, done=False)  # cancelled before it started
+
+        runs = InlineRuns(records, run, waiting=waiting, abandoned=abandoned)
+        running = self._running.setdefault(tp, {})
+        for record in records:
+            running[id(record)] = runs
+
+    def _launch_alone(self, tp: TopicPartition, record: Record) -> None:
+        """Start one record in a task of its own."""
         task = asyncio.create_task(self._run(tp, record))
         self._running.setdefault(tp, {})[id(record)] = task
 
@@ -285,7 +332,7 @@ class RequestConsumer:
         elif queue:
             nxt = queue.popleft()
             if progress is not None:
-                self._launch(tp, nxt)
+                self._launch_alone(tp, nxt)
             else:
                 self._held -= 1  # partition revoked: drop; it will be redelivered
         else:
@@ -341,7 +388,7 @@ class RequestConsumer:
         self._slot_freed.set()
 
     async def _drain(self, partitions: set[TopicPartition]) -> None:
-        tasks = [t for tp in partitions for t in self._running.get(tp, {}).values()]
+        tasks = self._tasks_of(partitions)
         deadline = time.monotonic() + self._drain_timeout
         # Keyed records queued behind running ones start as those finish: wait for them
         # too, as long as the deadline allows.
@@ -350,9 +397,7 @@ class RequestConsumer:
             if left <= 0:
                 break
             await asyncio.wait(tasks, timeout=left)
-            tasks = [
-                t for tp in partitions for t in self._running.get(tp, {}).values() if not t.done()
-            ]
+            tasks = [t for t in self._tasks_of(partitions) if not t.done()]
         if tasks:
             logger.warning(
                 "%d handlers still running after the drain timeout: cancelling them; their "
@@ -369,6 +414,18 @@ class RequestConsumer:
                     len(stuck),
                     CANCEL_WAIT,
                 )
+
+    def _tasks_of(self, partitions: set[TopicPartition]) -> list[asyncio.Task[None]]:
+        """The tasks running (or about to start) the held records of ``partitions``."""
+        tasks = {
+            runner if isinstance(runner, asyncio.Task) else runner.task
+            for tp in partitions
+            for runner in self._running.get(tp, {}).values()
+        }
+        return list(tasks)
+
+
+_Runner = asyncio.Task[None] | InlineRuns[Record]
 
 
 def _names(partitions: set[TopicPartition]) -> str:

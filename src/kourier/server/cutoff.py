@@ -66,14 +66,25 @@ class HandlerCut(Exception):
 
 
 class Cutoff:
-    """One run of the app, which ends at ``when`` (loop time; None: never) or on ``cut``."""
+    """One run of the app, which ends at ``when`` (loop time; None: never) or on ``cut``.
+
+    It cancels the run's task the way ``asyncio.timeout`` does (and counts its own
+    cancellation off again with ``uncancel``, so a cancellation from elsewhere, a drain,
+    still goes through), without a timeout object per run: a two-way run with a deadline
+    has one timer, a one-way run none of its own (``RunningHandlers`` watches the time
+    limits of all of them with one timer).
+    """
 
     __slots__ = (
+        "_cancelling",
         "_deadline_ms",
+        "_expiring",
         "_handling",
+        "_limits",
         "_runs",
         "_started",
-        "_timeout",
+        "_task",
+        "_timer",
         "_window",
         "limit",
         "reason",
@@ -90,6 +101,7 @@ class Cutoff:
         deadline_ms: int | None,
         limit: float | None = None,
         runs: RunningHandlers | None = None,
+        limits: TimeLimits | None = None,
     ) -> None:
         self.request_id = request_id
         self.when = when
@@ -99,7 +111,13 @@ class Cutoff:
         self.limit = limit
         self._deadline_ms = deadline_ms
         self._runs = runs
-        self._timeout: asyncio.Timeout | None = None
+        self._limits = limits
+        #: The task running the app, while it runs.
+        self._task: asyncio.Task[object] | None = None
+        self._cancelling = 0
+        #: True once this cutoff has cancelled the run's task.
+        self._expiring = False
+        self._timer: asyncio.TimerHandle | None = None
         self._started = 0.0
         self._handling: deadline.Handling | None = None
         #: A streamed reply's allowance between two items (see ``item_sent``).
@@ -109,37 +127,70 @@ class Cutoff:
         """End the run now (it may not have started yet: then it never starts)."""
         self.reason = reason
         self.when = asyncio.get_running_loop().time()
-        if self._timeout is not None and not self._timeout.expired():
-            self._timeout.reschedule(self.when)
+        self._expire()
 
     async def run(self, work: Awaitable[None]) -> None:
         """Await ``work``; raise ``HandlerCut`` if it was cut before it ended."""
         loop = asyncio.get_running_loop()
-        self._started = loop.time()
-        if self.when is not None and self.when <= self._started:
+        self._started = started = loop.time()
+        when = self.when
+        if when is not None and when <= started:
             _close(work)
             raise HandlerCut(self.request_id, self.reason, 0.0)
-        if self._runs is not None:
-            self._runs.add(self)
-        if self.when is not None and self.reason == DEADLINE:
-            self._window = (self.when - self._started) * STREAM_WINDOW_FACTOR + STREAM_GRACE
+        task = asyncio.current_task()
+        if task is None:
+            _close(work)
+            raise RuntimeError("a cutoff runs its work inside a task")
+        self._task = task
+        self._cancelling = task.cancelling()
+        runs = self._runs
+        if runs is not None:
+            runs.add(self)
+            if when is not None:
+                if self.reason == DEADLINE:
+                    self._window = (when - started) * STREAM_WINDOW_FACTOR + STREAM_GRACE
+                self._timer = loop.call_at(when, self._expire)
+        limits = self._limits
+        if limits is not None:
+            limits.watch(self)
         handling = self._handling = deadline.Handling(self.request_id, self._deadline_ms)
         token = deadline.bind(handling)
-        timeout = self._timeout = asyncio.timeout_at(self.when)
+        # As asyncio.timeout: a cancellation this cutoff made is taken back with
+        # uncancel(), and the run ends as cut only if no other one (a drain's) is pending.
         try:
-            async with timeout:
-                await work
+            await work
+        except asyncio.CancelledError as exc:
+            if self._expiring and task.uncancel() <= self._cancelling:
+                raise self._cut() from exc
+            raise
         except Exception as exc:
             # Also an exception the app raised once cancelled (instead of letting the
             # cancellation through): the cut is what happened.
-            if timeout.expired():
+            if self._expiring:
+                task.uncancel()
                 raise self._cut() from exc
             raise
+        else:
+            if self._expiring:  # cut, but it swallowed the cancellation and returned
+                task.uncancel()
         finally:
             deadline.unbind(token)
-            self._timeout = None
-            if self._runs is not None:
-                self._runs.discard(self)
+            self._task = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if runs is not None:
+                runs.discard(self)
+            if limits is not None:
+                limits.unwatch(self)
+
+    def _expire(self) -> None:
+        """Cancel the run's task, once, if it is running."""
+        task = self._task
+        if task is None or self._expiring:
+            return
+        self._expiring = True
+        task.cancel()
 
     def item_sent(self) -> None:
         """A two-way reply is streaming and one more item went out: the run's end moves
@@ -149,13 +200,14 @@ class Cutoff:
         stalls for longer than its caller would wait for an item is cut, with the error
         end marker. The window is the time the request had at the start, a little more,
         so the caller's own per-item timeout fires first and the cut is the backstop."""
-        if self._window is None or self.reason != DEADLINE or self._timeout is None:
+        if self._window is None or self.reason != DEADLINE or self._timer is None:
             return
-        if self._timeout.expired():
+        if self._expiring:
             return
         loop = asyncio.get_running_loop()
         self.when = loop.time() + self._window
-        self._timeout.reschedule(self.when)
+        self._timer.cancel()
+        self._timer = loop.call_at(self.when, self._expire)
         if self._handling is not None:
             self._handling.deadline_ms = now_ms() + int(self._window * 1000)
 
@@ -164,6 +216,46 @@ class Cutoff:
         if self.reason == TIME_LIMIT and self.limit is not None:
             took = self.limit
         return HandlerCut(self.request_id, self.reason, took)
+
+
+class TimeLimits:
+    """Runs that share one time limit from their start, in the order they started, and
+    one timer for all of them.
+
+    With one limit for all, the oldest run is the next to expire: the timer is set for
+    it, and when it fires the runs past their end are cut and the timer is set for the
+    next. A run that ends only leaves the dict; no timer is scheduled or cancelled per
+    run (one-way work, where a timer per message was a measurable share of its cost).
+    """
+
+    __slots__ = ("_runs", "_timer")
+
+    def __init__(self) -> None:
+        self._runs: dict[Cutoff, None] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def watch(self, run: Cutoff) -> None:
+        self._runs[run] = None
+        if self._timer is None and run.when is not None:
+            self._timer = asyncio.get_running_loop().call_at(run.when, self._fire)
+
+    def unwatch(self, run: Cutoff) -> None:
+        self._runs.pop(run, None)
+
+    def _fire(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._runs:
+            run = next(iter(self._runs))
+            if run.when is not None and run.when > now:
+                self._timer = loop.call_at(run.when, self._fire)
+                return
+            del self._runs[run]
+            run._expire()
 
 
 class RunningHandlers:
@@ -180,6 +272,8 @@ class RunningHandlers:
         self.message_timeout = message_timeout
         self._runs: dict[str, list[Cutoff]] = {}
         self._cancelled: OrderedDict[str, float] = OrderedDict()
+        #: The time limits of one-way runs, all ``message_timeout`` from their start.
+        self.limits = TimeLimits()
 
     def __len__(self) -> int:
         return sum(len(runs) for runs in self._runs.values())
@@ -195,6 +289,7 @@ class RunningHandlers:
                 TIME_LIMIT,
                 deadline_ms=now_ms() + int(limit * 1000),
                 limit=limit,
+                limits=self.limits,
             )
         when = None
         if request.deadline_ms is not None:

@@ -64,6 +64,13 @@ class MemoryIdempotencyStore:
         return len(self._entries)
 
     async def get(self, key: str) -> Recorded | None:
+        return self.get_now(key)
+
+    async def put(self, key: str, recorded: Recorded, ttl: float) -> None:
+        self.put_now(key, recorded, ttl)
+
+    def get_now(self, key: str) -> Recorded | None:
+        """``get`` without awaiting: ``Idempotency`` calls this store directly."""
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -82,16 +89,20 @@ class MemoryIdempotencyStore:
             size,
         )
 
-    async def put(self, key: str, recorded: Recorded, ttl: float) -> None:
+    def put_now(self, key: str, recorded: Recorded, ttl: float) -> None:
+        """``put`` without awaiting: ``Idempotency`` calls this store directly."""
         if recorded.size > self.max_bytes:
             return
         if key in self._entries:
             self._drop(key)
-        try:
-            items = marshal.dumps([_fields(r) for r in recorded.items])
-        except ValueError as exc:  # a field of a type marshal does not know
-            logger.warning("the response to %s is not recorded: %s", key, exc)
-            return
+        if not recorded.items:
+            items = _NO_ITEMS  # one-way work: the common case, and always the same bytes
+        else:
+            try:
+                items = marshal.dumps([_fields(r) for r in recorded.items])
+            except ValueError as exc:  # a field of a type marshal does not know
+                logger.warning("the response to %s is not recorded: %s", key, exc)
+                return
         self._entries[key] = (time.monotonic() + ttl, recorded.size, items)
         self._bytes += recorded.size
         while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
@@ -100,6 +111,11 @@ class MemoryIdempotencyStore:
     def _drop(self, key: str) -> None:
         _, size, _ = self._entries.pop(key)
         self._bytes -= size
+
+
+_NO_ITEMS = marshal.dumps([])
+#: What one-way work records: no reply items.
+NOTHING = Recorded((), 0)
 
 
 def _fields(r: Reply) -> tuple[object, ...]:
@@ -121,6 +137,8 @@ class Idempotency:
         self.window = window
         # A run in progress: None until a second delivery of it waits (no future before).
         self._running: dict[str, asyncio.Future[Recorded | None] | None] = {}
+        # The default store is asked directly: two coroutines per request less.
+        self._memory = store if type(store) is MemoryIdempotencyStore else None
 
     async def claim(self, key: str) -> Recorded | None:
         """The recorded response for ``key``, or None after claiming the right to run it.
@@ -138,7 +156,8 @@ class Idempotency:
                 if recorded is not None:
                     return recorded
                 continue  # that run failed: look again, and maybe run it ourselves
-            recorded = await self.store.get(key)
+            memory = self._memory
+            recorded = memory.get_now(key) if memory is not None else await self.store.get(key)
             if recorded is not None:
                 return recorded
             if key not in self._running:
@@ -150,10 +169,17 @@ class Idempotency:
         recorded = None
         try:
             if items is not None:
-                recorded = Recorded(tuple(items), sum(len(i.body) for i in items))
-                # Still marked as running while a shared store takes it, so a duplicate
-                # arriving meanwhile waits instead of finding neither.
-                await self.store.put(key, recorded, self.window)
+                if items:
+                    recorded = Recorded(tuple(items), sum(len(i.body) for i in items))
+                else:
+                    recorded = NOTHING
+                memory = self._memory
+                if memory is not None:
+                    memory.put_now(key, recorded, self.window)
+                else:
+                    # Still marked as running while a shared store takes it, so a
+                    # duplicate arriving meanwhile waits instead of finding neither.
+                    await self.store.put(key, recorded, self.window)
         finally:
             future = self._running.pop(key, None)
             if future is not None and not future.done():

@@ -36,6 +36,11 @@ class Refusals:
         self._addresses = ReplyAddresses(transport)
         self._max_request_bytes = max_request_bytes
 
+    def clear_at_once(self, request: Request) -> bool:
+        """True if ``request`` may reach the app with nothing to look up: one-way (no
+        reply address) and within the size limit. Saves ``of`` for one-way work."""
+        return request.reply_to is None and len(request.body) <= self._max_request_bytes
+
     async def of(self, request: Request) -> Refusal | None:
         """Why ``request`` must not reach the app, or None if it may."""
         if request.reply_to is not None:

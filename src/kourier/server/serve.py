@@ -205,6 +205,10 @@ class Service:
             concurrency=s.concurrency,
             commit_interval=s.commit_interval,
             drain_timeout=s.drain_timeout,
+            # One-way messages share a task while their handlers do not wait (most never
+            # do); two-way requests, which always wait for their replies' acks, get one
+            # each, so a fetch's replies are all queued before the producer sends them.
+            inline=lambda record: protocol.record_type(record.headers) == protocol.TYPE_MESSAGE,
         )
 
     async def stop(self) -> None:
@@ -268,7 +272,7 @@ class Service:
             self.stats.cancelled += 1
             logger.info("skipped request %s: its caller cancelled it before it came", request.id)
             return
-        if await self._refused(request, record):
+        if not self._refusals.clear_at_once(request) and await self._refused(request, record):
             return
         gate = self._idempotency
         if gate is None:

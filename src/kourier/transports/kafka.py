@@ -873,14 +873,19 @@ async def _stop_consumer(consumer: Any) -> None:
 
 
 def _record(message: Any) -> Record:
+    headers = message.headers  # a tuple of (str, bytes | None) pairs
+    for _, value in headers:
+        if value is None:  # Kafka allows a header without a value; kourier reads b""
+            headers = tuple((name, value or b"") for name, value in headers)
+            break
     return Record(
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        key=message.key,
-        value=message.value,
-        headers=tuple((name, value or b"") for name, value in message.headers),
-        timestamp_ms=message.timestamp,
+        message.topic,
+        message.partition,
+        message.offset,
+        message.key,
+        message.value,
+        headers if headers.__class__ is tuple else tuple(headers),
+        message.timestamp,
     )
 
 
