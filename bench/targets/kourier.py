@@ -69,6 +69,10 @@ def kourier_env(bootstrap: str, prefix: str, *, kafka_client: str | None = None)
         "KOURIER_PARTITIONS": "1",
         "KOURIER_REPLY_PARTITIONS": "1",
         "KOURIER_DEFAULT_TIMEOUT": str(CALL_TIMEOUT_S),
+        # No line per request, as every peer runs: uvicorn with access_log=False,
+        # FastStream with logger=None, the raw baselines log nothing. (kourier's access
+        # log is on by default; bench/README.md says what a line costs.)
+        "KOURIER_ACCESS_LOG": "false",
     }
     client = kafka_client or os.environ.get("KOURIER_KAFKA_CLIENT")
     if client:
