@@ -220,16 +220,21 @@ def test_probes_and_metrics_of_a_running_service(
     assert "kourier_handler_seconds_bucket{" in metrics
 
 
-def test_workers_share_the_group_and_stop_together(env: dict[str, str]) -> None:
-    """`--workers 2` runs two members with probes on P and P+1; SIGTERM stops both."""
+def two_free_ports() -> int:
+    """A port P such that P and P + 1 are free now (the probes of two workers)."""
     port = free_port()
-    while True:  # two consecutive free ports
+    while True:
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port + 1))
-                break
+                return port
             except OSError:
                 port = free_port()
+
+
+def test_workers_share_the_group_and_stop_together(env: dict[str, str]) -> None:
+    """`--workers 2` runs two members with probes on P and P+1; SIGTERM stops both."""
+    port = two_free_ports()
     process = subprocess.Popen(
         [
             sys.executable,
@@ -313,14 +318,7 @@ def test_hooks_reach_every_worker_and_see_a_request_through(
 def test_a_worker_that_dies_stops_the_others_with_its_code(env: dict[str, str]) -> None:
     """With `--workers 2`, a worker killed outright makes the run log which worker ended
     and how, stop the other worker, and exit as a shell reports a SIGKILL (137)."""
-    port = free_port()
-    while True:  # two consecutive free ports
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port + 1))
-                break
-            except OSError:
-                port = free_port()
+    port = two_free_ports()
     run = ["run", "tests.e2e.app:app", "--service", "dying-worker", "--workers", "2"]
     process = subprocess.Popen(
         [sys.executable, "-m", "kourier", *run, "--health-port", str(port)],
