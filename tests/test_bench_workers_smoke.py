@@ -16,8 +16,9 @@ from tests.conftest import kafka_bootstrap
 @pytest.mark.e2e
 @pytest.mark.timeout(240)
 async def test_the_workers_bench_measures_one_and_two_workers() -> None:
-    """One and two workers each give positive rates and CPU times for every scenario,
-    both workers of two handle a share of every scenario, and the table compares them."""
+    """One and two workers each give positive rates for every scenario and CPU times for
+    the two-way ones, both workers of two handle a share of every scenario, and the table
+    compares them."""
     rows = [
         await measure(kafka_bootstrap(), "bare", workers, seconds=0.5, events=200, warmup_s=0.5)
         for workers in (1, 2)
@@ -25,7 +26,12 @@ async def test_the_workers_bench_measures_one_and_two_workers() -> None:
     for figures in rows:
         assert set(figures.rate) == set(SCENARIOS)
         assert all(rate > 0 for rate in figures.rate.values())
-        assert all(cpu["service"] > 0 and cpu["caller"] > 0 for cpu in figures.cpu_us.values())
+        # CPU comes from /proc in clock ticks (10 ms): 200 one-way events may take less
+        # than a tick in the caller, half a second of 64 calls in flight takes many.
+        assert all(cpu["service"] >= 0 and cpu["caller"] >= 0 for cpu in figures.cpu_us.values())
+        for scenario in ("keyless", "keyed"):
+            assert figures.cpu_us[scenario]["service"] > 0
+            assert figures.cpu_us[scenario]["caller"] > 0
         assert all(len(shares) == figures.workers for shares in figures.shares.values())
         assert all(min(shares) > 0 for shares in figures.shares.values())
         assert 0 < figures.latency_ms["keyless"][0] <= figures.latency_ms["keyless"][1]
